@@ -1,0 +1,244 @@
+//! AVX-512 VNNI kernels over the packed layout.
+//!
+//! Schedule: for each 16-row weight group, activation rows are taken in tiles
+//! of up to 8; each record is decoded once per tile and reused by every row of
+//! the tile, so weights stream from memory once per pass whatever the row count
+//! (the verify shape). Records are prefetched ahead because the hardware
+//! prefetchers alone do not reach full bandwidth on this access pattern.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use crate::act::QuantActs;
+use crate::pack::{PackedKind, PackedMatrix};
+
+const K_Q8S: u8 = 0;
+const K_Q5S: u8 = 1;
+const K_Q4A: u8 = 2;
+const K_Q6S: u8 = 3;
+
+/// Bytes ahead of the current record to prefetch.
+const PREFETCH_AHEAD: usize = 16 * 1024;
+
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("fma")
+}
+
+/// # Safety
+/// `available()` must be true; `out` must cover `a.m` rows of `ld >= w.n`.
+pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
+    let kind = match w.kind {
+        PackedKind::Q8S => K_Q8S,
+        PackedKind::Q5S => K_Q5S,
+        PackedKind::Q4A => K_Q4A,
+        PackedKind::Q6S => K_Q6S,
+        PackedKind::F32 => unreachable!(),
+    };
+    let mut r0 = 0;
+    while r0 < a.m {
+        let mt = (a.m - r0).min(8);
+        macro_rules! go {
+            ($k:expr) => {
+                match mt {
+                    1 => tile::<$k, 1>(w, a, r0, g0, g1, out, ld),
+                    2 => tile::<$k, 2>(w, a, r0, g0, g1, out, ld),
+                    3 => tile::<$k, 3>(w, a, r0, g0, g1, out, ld),
+                    4 => tile::<$k, 4>(w, a, r0, g0, g1, out, ld),
+                    5 => tile::<$k, 5>(w, a, r0, g0, g1, out, ld),
+                    6 => tile::<$k, 6>(w, a, r0, g0, g1, out, ld),
+                    7 => tile::<$k, 7>(w, a, r0, g0, g1, out, ld),
+                    _ => tile::<$k, 8>(w, a, r0, g0, g1, out, ld),
+                }
+            };
+        }
+        match kind {
+            K_Q8S => go!(K_Q8S),
+            K_Q5S => go!(K_Q5S),
+            K_Q4A => go!(K_Q4A),
+            _ => go!(K_Q6S),
+        }
+        r0 += mt;
+    }
+}
+
+#[inline(always)]
+unsafe fn bcast4(p: *const i8) -> __m512i {
+    _mm512_set1_epi32((p as *const i32).read_unaligned())
+}
+
+/// Unsigned 8-bit values of the eight chunks of a record.
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+unsafe fn decode<const KIND: u8>(rec: *const u8) -> [__m512i; 8] {
+    let ld = |o: usize| _mm512_loadu_si512(rec.add(o) as *const _);
+    match KIND {
+        K_Q8S | K_Q6S => [ld(0), ld(64), ld(128), ld(192), ld(256), ld(320), ld(384), ld(448)],
+        _ => {
+            let lo = _mm512_set1_epi8(0x0F);
+            let n = [ld(0), ld(64), ld(128), ld(192)];
+            let mut u = [
+                _mm512_and_si512(n[0], lo),
+                _mm512_and_si512(n[1], lo),
+                _mm512_and_si512(n[2], lo),
+                _mm512_and_si512(n[3], lo),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(n[0]), lo),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(n[1]), lo),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(n[2]), lo),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(n[3]), lo),
+            ];
+            if KIND == K_Q5S {
+                let h = ld(256);
+                let bit4 = _mm512_set1_epi8(0x10);
+                let hs = [
+                    _mm512_slli_epi32::<4>(h),
+                    _mm512_slli_epi32::<3>(h),
+                    _mm512_slli_epi32::<2>(h),
+                    _mm512_slli_epi32::<1>(h),
+                    h,
+                    _mm512_srli_epi32::<1>(h),
+                    _mm512_srli_epi32::<2>(h),
+                    _mm512_srli_epi32::<3>(h),
+                ];
+                for j in 0..8 {
+                    // u | (hs & 0x10)
+                    u[j] = _mm512_ternarylogic_epi32::<0xF8>(u[j], hs[j], bit4);
+                }
+            }
+            u
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+unsafe fn tile<const KIND: u8, const MT: usize>(
+    w: &PackedMatrix,
+    a: &QuantActs,
+    r0: usize,
+    g0: usize,
+    g1: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let nb = w.blocks();
+    let rb = match KIND {
+        K_Q8S => 544,
+        K_Q5S => 352,
+        K_Q4A => 384,
+        _ => 640,
+    };
+    let c: i32 = match KIND {
+        K_Q8S => 128,
+        K_Q5S => 16,
+        K_Q6S => 32,
+        _ => 0,
+    };
+    let base = w.q.as_slice().as_ptr();
+    for g in g0..g1 {
+        let mut acc = [_mm512_setzero_ps(); MT];
+        let grec = base.add(g * nb * rb);
+        for b in 0..nb {
+            let rec = grec.add(b * rb);
+            let mut p = 0;
+            while p < rb {
+                _mm_prefetch::<_MM_HINT_T1>(rec.wrapping_add(PREFETCH_AHEAD + p) as *const i8);
+                p += 64;
+            }
+            let u = decode::<KIND>(rec);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let r = r0 + i;
+                let qa = a.qs.as_ptr().add(r * a.k + b * 32);
+                let da = *a.d.get_unchecked(r * nb + b);
+                let s0 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b);
+                let s1 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
+                match KIND {
+                    K_Q8S | K_Q5S => {
+                        let so = if KIND == K_Q8S { 512 } else { 320 };
+                        let s = _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(so) as *const _));
+                        let mut ai = _mm512_set1_epi32(-c * (s0 + s1));
+                        for (j, uj) in u.iter().enumerate() {
+                            ai = _mm512_dpbusd_epi32(ai, *uj, bcast4(qa.add(4 * j)));
+                        }
+                        let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sda, *acc);
+                    }
+                    K_Q4A => {
+                        let s = _mm512_loadu_ps(rec.add(256) as *const f32);
+                        let m = _mm512_loadu_ps(rec.add(320) as *const f32);
+                        let mut ai = _mm512_setzero_si512();
+                        for (j, uj) in u.iter().enumerate() {
+                            ai = _mm512_dpbusd_epi32(ai, *uj, bcast4(qa.add(4 * j)));
+                        }
+                        let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sda, *acc);
+                        *acc = _mm512_fnmadd_ps(m, _mm512_set1_ps(da * (s0 + s1) as f32), *acc);
+                    }
+                    _ => {
+                        for (h, sh) in [s0, s1].into_iter().enumerate() {
+                            let s = _mm512_loadu_ps(rec.add(512 + h * 64) as *const f32);
+                            let mut ai = _mm512_set1_epi32(-c * sh);
+                            for j in 0..4 {
+                                ai = _mm512_dpbusd_epi32(ai, u[4 * h + j], bcast4(qa.add(16 * h + 4 * j)));
+                            }
+                            let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
+                            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sda, *acc);
+                        }
+                    }
+                }
+            }
+        }
+        let col = g * 16;
+        let valid = (w.n - col).min(16);
+        let mask: __mmask16 = if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 };
+        for (i, acc) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add((r0 + i) * ld + col), mask, *acc);
+        }
+    }
+}
+
+/// Sums 16 lanes as `scalar::reduce16` does (8+8, 4+4, 2+2, 1+1).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn reduce16(v: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(v);
+    let hi = _mm512_extractf32x8_ps::<1>(v);
+    let s8 = _mm256_add_ps(lo, hi);
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2));
+    _mm_cvtss_f32(s1)
+}
+
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len();
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(y.as_ptr().add(i)), acc);
+        i += 16;
+    }
+    if i < n {
+        let mask: __mmask16 = (1u16 << (n - i)) - 1;
+        let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i));
+        let yv = _mm512_maskz_loadu_ps(mask, y.as_ptr().add(i));
+        acc = _mm512_mask3_fmadd_ps(xv, yv, acc, mask);
+    }
+    reduce16(acc)
+}
+
+/// # Safety
+/// `available()` must be true; `out` must cover `m` rows of `ld >= w.n`.
+pub unsafe fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: usize, out: *mut f32, ld: usize) {
+    let k = w.k;
+    for col in g0 * 16..(g1 * 16).min(w.n) {
+        let wr = &w.f[col * k..(col + 1) * k];
+        for r in 0..m {
+            *out.add(r * ld + col) = dot_f32(&x[r * k..(r + 1) * k], wr);
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Matrix multiplication `out[m x n] = x[m x k] * W^T` over packed weights.
+//!
+//! Invariant (batch invariance): a row's result depends only on that row and
+//! the weights. Rows are never mixed in one accumulator, work is split over
+//! output columns only, and the accumulation order over k is fixed.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+pub mod scalar;
+
+use std::sync::OnceLock;
+
+use crate::act::QuantActs;
+use crate::pack::{PackedKind, PackedMatrix};
+use crate::pool::Pool;
+
+/// Instruction set the kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx512Vnni,
+}
+
+/// The best available ISA, or `SPECDEC_ISA=scalar` to force the reference.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let forced = std::env::var("SPECDEC_ISA").ok();
+        if forced.as_deref() == Some("scalar") {
+            return Isa::Scalar;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            return Isa::Avx512Vnni;
+        }
+        Isa::Scalar
+    })
+}
+
+/// One matrix of a multi-matrix pass and where its m x n result goes.
+pub struct MatmulJob<'a> {
+    pub w: &'a PackedMatrix,
+    pub out: &'a mut [f32],
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: threads write disjoint column ranges of the output.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Runs every job on the same activations in one parallel region.
+/// `x` is m rows of k; `qa` is a scratch buffer for its quantized form.
+pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, qa: &mut QuantActs, jobs: &mut [MatmulJob]) {
+    let k = jobs.first().map(|j| j.w.k).unwrap_or(0);
+    assert_eq!(x.len(), m * k, "activations are not {m}x{k}");
+    let quantized = jobs.iter().any(|j| j.w.kind != PackedKind::F32);
+    if quantized {
+        qa.quantize(x, m, k);
+    }
+    let qa: &QuantActs = qa;
+    let outs: Vec<(&PackedMatrix, SendPtr)> = jobs
+        .iter_mut()
+        .map(|j| {
+            assert_eq!(j.w.k, k, "all jobs share the input width");
+            assert!(j.out.len() >= m * j.w.n, "output too small");
+            (j.w, SendPtr(j.out.as_mut_ptr()))
+        })
+        .collect();
+    let nt = pool.threads();
+    pool.run(&|t| {
+        for (w, out) in &outs {
+            let ng = w.n_groups();
+            let (g0, g1) = (ng * t / nt, ng * (t + 1) / nt);
+            if g0 < g1 {
+                run_range(isa, w, x, m, qa, g0, g1, out.0, w.n);
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_range(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, qa: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
+    match (isa, w.kind) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx512Vnni is only chosen when available; out covers m x ld.
+        (Isa::Avx512Vnni, PackedKind::F32) => unsafe { avx512::matmul_f32(w, x, m, g0, g1, out, ld) },
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512Vnni, _) => unsafe { avx512::matmul_q(w, qa, g0, g1, out, ld) },
+        (_, PackedKind::F32) => scalar::matmul_f32(w, x, m, g0, g1, out, ld),
+        _ => scalar::matmul_q(w, qa, g0, g1, out, ld),
+    }
+}
+
+/// f32 dot product with the same summation order on every ISA.
+pub fn dot(isa: Isa, x: &[f32], y: &[f32]) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only when available.
+        Isa::Avx512Vnni => unsafe { avx512::dot_f32(x, y) },
+        _ => scalar::dot_f32(x, y),
+    }
+}

@@ -1,0 +1,127 @@
+//! Portable scalar kernels over the packed layout. They perform the same float
+//! operations in the same order as the SIMD kernels (integer block dot, then
+//! `fma(acc_i as f32, s * d_a, acc)`), so SIMD results must match them exactly.
+
+use half::f16;
+
+use crate::act::QuantActs;
+use crate::pack::{PackedKind, PackedMatrix};
+
+#[inline]
+fn rd_f16(rec: &[u8], o: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([rec[o], rec[o + 1]])).to_f32()
+}
+#[inline]
+fn rd_f32(rec: &[u8], o: usize) -> f32 {
+    f32::from_le_bytes([rec[o], rec[o + 1], rec[o + 2], rec[o + 3]])
+}
+
+/// Unsigned value of weight `i` (0..32) of row `lane` in a record.
+#[inline]
+pub(crate) fn unpack(kind: PackedKind, rec: &[u8], lane: usize, i: usize) -> u8 {
+    match kind {
+        PackedKind::Q8S | PackedKind::Q6S => rec[(i / 4) * 64 + lane * 4 + i % 4],
+        PackedKind::Q5S | PackedKind::Q4A => {
+            let byte = rec[((i % 16) / 4) * 64 + lane * 4 + i % 4];
+            let nib = if i < 16 { byte & 0xF } else { byte >> 4 };
+            if kind == PackedKind::Q5S {
+                nib | (((rec[256 + lane * 4 + i % 4] >> (i / 4)) & 1) << 4)
+            } else {
+                nib
+            }
+        }
+        PackedKind::F32 => unreachable!(),
+    }
+}
+
+/// out[r * ld + col] for rows `0..a.m` and the columns of groups `g0..g1`.
+pub fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
+    let nb = w.blocks();
+    let rb = w.kind.record_bytes();
+    let c = w.kind.offset();
+    let data = w.q.as_slice();
+    for g in g0..g1 {
+        for r in 0..a.m {
+            let qa = &a.qs[r * a.k..(r + 1) * a.k];
+            for lane in 0..16 {
+                let col = g * 16 + lane;
+                if col >= w.n {
+                    break;
+                }
+                let mut acc = 0f32;
+                for b in 0..nb {
+                    let rec = &data[(g * nb + b) * rb..(g * nb + b + 1) * rb];
+                    let da = a.d[r * nb + b];
+                    let s16 = &a.sum16[r * 2 * nb + 2 * b..r * 2 * nb + 2 * b + 2];
+                    let dot = |lo: usize, hi: usize| -> i32 {
+                        (lo..hi).map(|i| unpack(w.kind, rec, lane, i) as i32 * qa[b * 32 + i] as i32).sum()
+                    };
+                    match w.kind {
+                        PackedKind::Q8S | PackedKind::Q5S => {
+                            let so = if w.kind == PackedKind::Q8S { 512 } else { 320 };
+                            let s = rd_f16(rec, so + lane * 2);
+                            let ai = -c * (s16[0] + s16[1]) + dot(0, 32);
+                            acc = (ai as f32).mul_add(s * da, acc);
+                        }
+                        PackedKind::Q4A => {
+                            let s = rd_f32(rec, 256 + lane * 4);
+                            let m = rd_f32(rec, 320 + lane * 4);
+                            acc = (dot(0, 32) as f32).mul_add(s * da, acc);
+                            acc = (-m).mul_add(da * (s16[0] + s16[1]) as f32, acc);
+                        }
+                        PackedKind::Q6S => {
+                            for h in 0..2 {
+                                let s = rd_f32(rec, 512 + h * 64 + lane * 4);
+                                let ai = -c * s16[h] + dot(16 * h, 16 * h + 16);
+                                acc = (ai as f32).mul_add(s * da, acc);
+                            }
+                        }
+                        PackedKind::F32 => unreachable!(),
+                    }
+                }
+                // SAFETY: the caller guarantees out covers a.m rows of ld >= w.n.
+                unsafe { *out.add(r * ld + col) = acc };
+            }
+        }
+    }
+}
+
+/// Dot product in 16 interleaved partial sums (the order the SIMD kernel uses).
+pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let n16 = x.len() / 16 * 16;
+    for i in (0..n16).step_by(16) {
+        for l in 0..16 {
+            lanes[l] = x[i + l].mul_add(y[i + l], lanes[l]);
+        }
+    }
+    for i in n16..x.len() {
+        lanes[i - n16] = x[i].mul_add(y[i], lanes[i - n16]);
+    }
+    reduce16(&lanes)
+}
+
+/// Sums 16 lanes pairwise (8+8, 4+4, 2+2, 1+1), as `_mm512_reduce_add_ps` does.
+pub fn reduce16(l: &[f32; 16]) -> f32 {
+    let mut v = *l;
+    let mut w = 8;
+    while w > 0 {
+        for i in 0..w {
+            v[i] += v[i + w];
+        }
+        w /= 2;
+    }
+    v[0]
+}
+
+pub fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: usize, out: *mut f32, ld: usize) {
+    let k = w.k;
+    for r in 0..m {
+        let xr = &x[r * k..(r + 1) * k];
+        for col in g0 * 16..(g1 * 16).min(w.n) {
+            let v = dot_f32(xr, &w.f[col * k..(col + 1) * k]);
+            // SAFETY: as in matmul_q.
+            unsafe { *out.add(r * ld + col) = v };
+        }
+    }
+}
