@@ -171,10 +171,12 @@ fn read_scalar(c: &mut Cursor, t: u32, key: &str) -> Result<Value> {
         },
         T_STRING => {
             let s = c.bytes_str(&f)?;
-            Value::String(String::from_utf8(s.to_vec()).map_err(|e| GgufError::BadValue {
-                key: key.into(),
-                problem: format!("string is not UTF-8 ({e})"),
-            })?)
+            Value::String(
+                String::from_utf8(s.to_vec()).map_err(|e| GgufError::BadValue {
+                    key: key.into(),
+                    problem: format!("string is not UTF-8 ({e})"),
+                })?,
+            )
         }
         T_U64 => Value::U64(c.u64(&f)?),
         T_I64 => Value::I64(i64::from_le_bytes(c.array(&f)?)),
@@ -271,7 +273,10 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
     let n_kv = c.u64(&|| "metadata_kv_count".into())?;
     // Each KV needs >= 8 (key len) + 4 (type) + 1 bytes; each tensor info
     // >= 8 (name len) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset).
-    for (field, value, min) in [("metadata_kv_count", n_kv, 13u64), ("tensor_count", n_tensors, 32)] {
+    for (field, value, min) in [
+        ("metadata_kv_count", n_kv, 13u64),
+        ("tensor_count", n_tensors, 32),
+    ] {
         if value > c.remaining() / min {
             return Err(GgufError::CountTooLarge {
                 field: field.into(),
@@ -347,7 +352,10 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
         };
         let len = c.u64(&f)?;
         if len as usize >= MAX_TENSOR_NAME || len >= MAX_TENSOR_NAME as u64 {
-            return Err(bad("", format!("name length {len} exceeds {}", MAX_TENSOR_NAME - 1)));
+            return Err(bad(
+                "",
+                format!("name length {len} exceeds {}", MAX_TENSOR_NAME - 1),
+            ));
         }
         let raw = c.take(len, &f)?;
         let name = std::str::from_utf8(raw)
@@ -358,29 +366,55 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
         }
         let n_dims = c.u32(&f)?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(bad(&name, format!("n_dims = {n_dims}, must be 1..={MAX_DIMS}")));
+            return Err(bad(
+                &name,
+                format!("n_dims = {n_dims}, must be 1..={MAX_DIMS}"),
+            ));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
             let v = c.u64(&f)?;
             if v == 0 || v > i64::MAX as u64 {
-                return Err(bad(&name, format!("dims[{d}] = {v} (as i64: {}), must be >= 1", v as i64)));
+                return Err(bad(
+                    &name,
+                    format!("dims[{d}] = {v} (as i64: {}), must be >= 1", v as i64),
+                ));
             }
             dims.push(v);
         }
         let n_elements = dims
             .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64))
-            .ok_or_else(|| bad(&name, format!("element count of dims {dims:?} overflows i64")))?;
+            .try_fold(1u64, |acc, &d| {
+                acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64)
+            })
+            .ok_or_else(|| {
+                bad(
+                    &name,
+                    format!("element count of dims {dims:?} overflows i64"),
+                )
+            })?;
         let type_id = c.u32(&f)?;
-        let ty = GgmlType::from_id(type_id)
-            .ok_or_else(|| bad(&name, format!("type id {type_id} (as i32: {}) is not a ggml type", type_id as i32)))?;
+        let ty = GgmlType::from_id(type_id).ok_or_else(|| {
+            bad(
+                &name,
+                format!(
+                    "type id {type_id} (as i32: {}) is not a ggml type",
+                    type_id as i32
+                ),
+            )
+        })?;
         let (blck, type_size) = ty.block_geometry();
         if blck == 0 {
             return Err(bad(&name, format!("type {ty} was removed from ggml")));
         }
         if dims[0] % blck != 0 {
-            return Err(bad(&name, format!("row length {} is not a multiple of {ty}'s block size {blck}", dims[0])));
+            return Err(bad(
+                &name,
+                format!(
+                    "row length {} is not a multiple of {ty}'s block size {blck}",
+                    dims[0]
+                ),
+            ));
         }
         let n_bytes = (n_elements / blck)
             .checked_mul(type_size)
@@ -416,7 +450,9 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
             .checked_add(alignment - 1)
             .map(|v| v / alignment * alignment)
             .and_then(|p| running.checked_add(p));
-        let end = data_start.checked_add(running).and_then(|s| s.checked_add(t.n_bytes));
+        let end = data_start
+            .checked_add(running)
+            .and_then(|s| s.checked_add(t.n_bytes));
         match (padded, end) {
             (Some(p), Some(e)) if e <= file_len => {
                 t.offset = data_start + running;
@@ -431,7 +467,10 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
             }
         }
     }
-    let data_end = tensors.last().map(|t| t.offset + t.n_bytes).unwrap_or(data_start.min(file_len));
+    let data_end = tensors
+        .last()
+        .map(|t| t.offset + t.n_bytes)
+        .unwrap_or(data_start.min(file_len));
     Ok(Gguf {
         version,
         alignment,

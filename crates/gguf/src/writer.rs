@@ -88,7 +88,7 @@ impl RawWriter {
         self.u32(ty).u64(offset)
     }
     pub fn pad_to(&mut self, alignment: usize) -> &mut Self {
-        while self.buf.len() % alignment != 0 {
+        while !self.buf.len().is_multiple_of(alignment) {
             self.buf.push(0);
         }
         self
@@ -162,7 +162,8 @@ impl GgufWriter {
     }
     /// `dims` in ggml order (row length first); `data` is the raw encoded bytes.
     pub fn tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> &mut Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ty, data));
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), ty, data));
         self
     }
     pub fn to_bytes(&self) -> Vec<u8> {

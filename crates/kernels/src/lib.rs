@@ -9,8 +9,8 @@ pub mod pack;
 pub mod pool;
 pub mod quant;
 
-pub use act::QuantActs;
-pub use matmul::{dot, isa, matmul, Isa, MatmulJob};
+pub use act::{ActScratch, ActStyle, QuantActs};
+pub use matmul::{attend, axpy, dot, isa, matmul, Isa, MatmulJob};
 pub use pack::{PackedKind, PackedMatrix};
 pub use pool::Pool;
 

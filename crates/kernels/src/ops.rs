@@ -1,10 +1,27 @@
 //! Small f32 operations of a transformer block. Each works on one row at a
 //! time, so results never depend on how many rows share a pass.
 
+use std::sync::OnceLock;
+
+use half::f16;
+
 /// y = x / rms(x) * w, with the sum of squares in f64 (as ggml does).
 pub fn rmsnorm(x: &mut [f32], w: &[f32], eps: f32) {
-    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
-    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    // Four f64 partial sums keep the loop short without changing results
+    // between calls (the order is fixed).
+    let mut ss = [0f64; 4];
+    let chunks = x.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..4 {
+            ss[i] += (c[i] as f64) * (c[i] as f64);
+        }
+    }
+    let mut total = (ss[0] + ss[1]) + (ss[2] + ss[3]);
+    for &v in rest {
+        total += (v as f64) * (v as f64);
+    }
+    let scale = 1.0 / ((total / x.len() as f64) as f32 + eps).sqrt();
     for (v, &g) in x.iter_mut().zip(w) {
         *v = *v * scale * g;
     }
@@ -17,11 +34,40 @@ pub fn rmsnorm_rows(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
-/// GELU, tanh approximation.
+/// GELU, tanh approximation, exactly.
 #[inline]
-pub fn gelu(x: f32) -> f32 {
+pub fn gelu_exact(x: f32) -> f32 {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + 0.044715 * x * x)).tanh())
+}
+
+fn gelu_table() -> &'static [u16] {
+    static T: OnceLock<Vec<u16>> = OnceLock::new();
+    T.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| f16::from_f32(gelu_exact(f16::from_bits(b).to_f32())).to_bits())
+            .collect()
+    })
+}
+
+/// f32 -> f16 bits, round to nearest even (no F16C needed).
+#[inline]
+pub fn f32_to_f16_bits(x: f32) -> u16 {
+    f16::from_f32(x).to_bits()
+}
+
+/// GELU as ggml's CPU backend computes it: through an f16 lookup table
+/// (input and output rounded to f16), identity above 10 and zero below -10.
+/// Matching it keeps our logits close to llama.cpp's reference outputs.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        f16::from_bits(gelu_table()[f32_to_f16_bits(x) as usize]).to_f32()
+    }
 }
 
 /// In-place softmax.
@@ -40,17 +86,38 @@ pub fn softmax(x: &mut [f32]) {
 
 /// Inverse frequencies of NEOX-style rotary embeddings for head size `d`.
 pub fn rope_inv_freq(d: usize, base: f32) -> Vec<f32> {
-    (0..d / 2).map(|i| (base as f64).powf(-2.0 * i as f64 / d as f64) as f32).collect()
+    (0..d / 2)
+        .map(|i| (base as f64).powf(-2.0 * i as f64 / d as f64) as f32)
+        .collect()
 }
 
-/// Rotates one head `x` (NEOX layout: pairs (i, i + d/2)) to position `pos`.
-pub fn rope_neox(x: &mut [f32], pos: usize, inv_freq: &[f32]) {
-    let half = inv_freq.len();
-    for (i, &f) in inv_freq.iter().enumerate() {
-        let theta = pos as f32 * f;
-        let (s, c) = theta.sin_cos();
-        let (a, b) = (x[i], x[i + half]);
-        x[i] = a * c - b * s;
-        x[i + half] = a * s + b * c;
+/// cos and sin of `pos * f` for each inverse frequency f (computed once per
+/// row and reused by every head and layer).
+pub fn rope_table(pos: usize, inv_freq: &[f32], cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+    cos.clear();
+    sin.clear();
+    for &f in inv_freq {
+        let (s, c) = (pos as f32 * f).sin_cos();
+        cos.push(c);
+        sin.push(s);
+    }
+}
+
+/// Rotates one head (NEOX layout: pairs (i, i + d/2)) by a `rope_table`.
+pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    let (lo, hi) = x.split_at_mut(half);
+    for i in 0..half {
+        let (a, b) = (lo[i], hi[i]);
+        lo[i] = a * cos[i] - b * sin[i];
+        hi[i] = a * sin[i] + b * cos[i];
+    }
+}
+
+/// Rounds every value to the nearest f16 (llama.cpp keeps K, V and the
+/// attention query in f16).
+pub fn round_f16(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v = f16::from_f32(*v).to_f32();
     }
 }

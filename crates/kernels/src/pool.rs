@@ -120,7 +120,8 @@ fn worker(s: Arc<Shared>, tid: usize) {
                 std::hint::spin_loop();
             } else {
                 s.parked[tid].store(true, Ordering::SeqCst);
-                if s.generation.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst) {
+                if s.generation.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst)
+                {
                     thread::park();
                 }
                 s.parked[tid].store(false, Ordering::SeqCst);

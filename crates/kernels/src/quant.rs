@@ -33,7 +33,7 @@ pub fn can_dequantize(ty: GgmlType) -> bool {
 pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), KernelError> {
     let (blck, bsize) = ty.block_geometry();
     let (blck, bsize) = (blck as usize, bsize as usize);
-    if blck == 0 || out.len() % blck != 0 || src.len() != out.len() / blck * bsize {
+    if blck == 0 || !out.len().is_multiple_of(blck) || src.len() != out.len() / blck * bsize {
         return Err(KernelError::Shape(format!(
             "dequantize {ty}: {} bytes for {} elements",
             src.len(),
@@ -127,7 +127,8 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), K
                             is += 1;
                             for l in 0..16 {
                                 let li = l + 16 * half;
-                                let v = ((q[li] >> shift) & 3) as i32 - if hm[li] & m != 0 { 0 } else { 4 };
+                                let v = ((q[li] >> shift) & 3) as i32
+                                    - if hm[li] & m != 0 { 0 } else { 4 };
                                 y[n * 128 + j * 32 + half * 16 + l] = dl * v as f32;
                             }
                         }
@@ -139,7 +140,11 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), K
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
                 let scales = &b[4..16];
                 let five = ty == GgmlType::Q5_K;
-                let (qh, ql) = if five { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+                let (qh, ql) = if five {
+                    (&b[16..48], &b[48..176])
+                } else {
+                    (&b[0..0], &b[16..144])
+                };
                 for j in 0..4 {
                     let (sc1, m1) = scale_min_k4(2 * j, scales);
                     let (sc2, m2) = scale_min_k4(2 * j + 1, scales);

@@ -74,7 +74,9 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<TokenId>) {
         let (l, r) = (&symbols[left as usize], &symbols[right as usize]);
         let piece = &bytes[l.start..l.start + l.len + r.len];
         // Symbols always start on character boundaries.
-        let Ok(piece) = std::str::from_utf8(piece) else { return };
+        let Ok(piece) = std::str::from_utf8(piece) else {
+            return;
+        };
         if let Some(&id) = tok.to_id.get(piece) {
             heap.push(Bigram {
                 left: left as usize,
@@ -112,7 +114,11 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<TokenId>) {
             None => {
                 for &byte in piece.as_bytes() {
                     if let Some(id) = tok.byte_tokens[byte as usize]
-                        .or_else(|| tok.to_id.get(std::str::from_utf8(&[byte]).unwrap_or("\u{0}")).copied())
+                        .or_else(|| {
+                            tok.to_id
+                                .get(std::str::from_utf8(&[byte]).unwrap_or("\u{0}"))
+                                .copied()
+                        })
                         .or(tok.unk)
                     {
                         out.push(id);

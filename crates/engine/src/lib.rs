@@ -1,0 +1,127 @@
+//! The engine: models (one file per architecture), the KV cache, sampling and
+//! the plain generation loop.
+//!
+//! Data flow: GGUF file -> `weights` (semantic checks, packing) -> a `Model`
+//! whose `forward` runs tokens at the cache's next positions and returns
+//! logits for the rows asked for -> `sampler` -> tokens.
+
+pub mod generate;
+pub mod kv;
+pub mod models;
+pub mod profile;
+pub mod rng;
+pub mod sampler;
+pub mod weights;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use specdec_gguf::{GgufError, GgufFile};
+use specdec_kernels::Pool;
+use specdec_tokenizer::{Tokenizer, TokenizerError};
+
+pub use kv::KvCache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("model metadata {key}: {problem}")]
+    Metadata { key: String, problem: String },
+    #[error("architecture {0:?} is not supported (supported: gemma3)")]
+    UnsupportedArch(String),
+    #[error("required tensor {0:?} is missing")]
+    MissingTensor(String),
+    #[error("tensor {name:?} has shape {found:?}, expected {want:?}")]
+    TensorShape {
+        name: String,
+        want: Vec<u64>,
+        found: Vec<u64>,
+    },
+    #[error("tensor {0:?}: {1}")]
+    Tensor(String, String),
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("context full: {need} positions needed, the cache holds {capacity}")]
+    ContextFull { need: usize, capacity: usize },
+}
+
+/// Which rows of a forward pass need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// Only the last row (prefill, plain decoding).
+    Last,
+    /// Every row (verification needs them all).
+    All,
+}
+
+/// A causal language model.
+pub trait Model: Send + Sync {
+    fn vocab_size(&self) -> usize;
+    /// The longest context the model supports.
+    fn max_context(&self) -> usize;
+    fn new_cache(&self, capacity: usize) -> KvCache;
+    /// Runs `tokens` at positions `cache.len()..` and appends them to the cache.
+    /// Returns logits, `vocab_size` per requested row.
+    fn forward(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        rows: LogitRows,
+    ) -> Result<Vec<f32>, EngineError>;
+    /// Weight bytes one decode step reads, as stored in the file.
+    fn weight_bytes_per_token(&self) -> usize;
+    /// Weight bytes one decode step reads in the packed layout.
+    fn packed_bytes_per_token(&self) -> usize;
+    fn describe(&self) -> String;
+}
+
+/// A loaded model with its tokenizer.
+pub struct Loaded {
+    pub file: Arc<GgufFile>,
+    pub tokenizer: Tokenizer,
+    pub model: Box<dyn Model>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+    /// Dequantize every weight to f32 (slow; exact float reference path).
+    pub force_f32: bool,
+}
+
+pub fn load(
+    path: &Path,
+    opts: &LoadOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Loaded, EngineError> {
+    let file = Arc::new(GgufFile::open(path)?);
+    let tokenizer = Tokenizer::from_gguf(&file.header)?;
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        opts.threads
+    };
+    let pool = Arc::new(Pool::new(threads));
+    let model: Box<dyn Model> = models::load(file.clone(), pool, opts.force_f32, progress)?;
+    if model.vocab_size() < tokenizer.vocab_size() {
+        return Err(EngineError::Metadata {
+            key: "tokenizer.ggml.tokens".into(),
+            problem: format!(
+                "{} tokens but the output layer has {} rows",
+                tokenizer.vocab_size(),
+                model.vocab_size()
+            ),
+        });
+    }
+    Ok(Loaded {
+        file,
+        tokenizer,
+        model,
+    })
+}

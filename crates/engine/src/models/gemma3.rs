@@ -1,0 +1,502 @@
+//! Gemma 3 (GGUF arch `gemma3`).
+//!
+//! Per layer: x += postnorm(attn(prenorm(x))); x += postnorm(ffn(prenorm(x))).
+//! Attention has QK-norm, NEOX rope (base 10k on sliding-window layers, the
+//! file's base on global ones), sliding window 512 on 5 of every 6 layers.
+//! FFN is GELU(tanh)-gated. The embedding is scaled by sqrt(hidden) and tied to
+//! the output layer. GGUF norm weights already include Gemma's `1 +`.
+
+use std::sync::Arc;
+
+use specdec_gguf::GgufFile;
+use specdec_kernels::ops::{
+    gelu, rmsnorm, rmsnorm_rows, rope_inv_freq, rope_neox, rope_table, round_f16,
+};
+use specdec_kernels::quant::dequantize_row;
+use specdec_kernels::{attend, isa, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+
+use crate::weights::WeightSource;
+use crate::{EngineError, KvCache, LogitRows, Model};
+
+pub struct Config {
+    pub n_embd: usize,
+    pub n_layers: usize,
+    pub n_ff: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_vocab: usize,
+    pub ctx: usize,
+    pub eps: f32,
+    pub rope_base_global: f32,
+    pub rope_base_local: f32,
+    pub window: usize,
+    /// Every `swa_period`-th layer (1-based) is global.
+    pub swa_period: usize,
+    pub attn_scale: f32,
+    pub final_softcap: Option<f32>,
+}
+
+impl Config {
+    fn is_local(&self, layer: usize) -> bool {
+        self.swa_period > 0 && !(layer + 1).is_multiple_of(self.swa_period)
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q_norm: Vec<f32>,
+    k_norm: Vec<f32>,
+    wq: PackedMatrix,
+    wk: PackedMatrix,
+    wv: PackedMatrix,
+    wo: PackedMatrix,
+    post_attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    gate: PackedMatrix,
+    up: PackedMatrix,
+    down: PackedMatrix,
+    post_ffn_norm: Vec<f32>,
+}
+
+pub struct Gemma3 {
+    pub cfg: Config,
+    file: Arc<GgufFile>,
+    embd: specdec_gguf::TensorInfo,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: PackedMatrix,
+    inv_freq_local: Vec<f32>,
+    inv_freq_global: Vec<f32>,
+    pool: Arc<Pool>,
+    isa: Isa,
+    weight_bytes: usize,
+}
+
+impl Gemma3 {
+    pub fn load(
+        file: Arc<GgufFile>,
+        pool: Arc<Pool>,
+        force_f32: bool,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Gemma3, EngineError> {
+        let mut w = WeightSource::new(&file)?;
+        w.force_f32 = force_f32;
+        let n_embd = w.usize("embedding_length", 1..=1 << 16)?;
+        let n_layers = w.usize("block_count", 1..=512)?;
+        let n_ff = w.usize("feed_forward_length", 1..=1 << 20)?;
+        let n_head = w.usize("attention.head_count", 1..=1024)?;
+        let n_head_kv = w.usize_or("attention.head_count_kv", 1..=1024, n_head)?;
+        if n_head % n_head_kv != 0 {
+            return Err(EngineError::Metadata {
+                key: "gemma3.attention.head_count_kv".into(),
+                problem: format!("{n_head_kv} does not divide head_count {n_head}"),
+            });
+        }
+        let head_dim = w.usize_or("attention.key_length", 1..=4096, n_embd / n_head)?;
+        let v_dim = w.usize_or("attention.value_length", 1..=4096, head_dim)?;
+        if v_dim != head_dim || head_dim % 2 != 0 {
+            return Err(EngineError::Metadata {
+                key: "gemma3.attention.value_length".into(),
+                problem: format!(
+                    "key length {head_dim} and value length {v_dim} must be equal and even"
+                ),
+            });
+        }
+        let ctx = w.usize("context_length", 1..=1 << 24)?;
+        let eps = w.f32_or("attention.layer_norm_rms_epsilon", 1e-6)?;
+        let rope_base_global = w.f32_or("rope.freq_base", 1_000_000.0)?;
+        let window = w.usize_or("attention.sliding_window", 1..=1 << 24, 512)?;
+        let final_softcap = w
+            .f32_or("final_logit_softcapping", 0.0)
+            .ok()
+            .filter(|&v| v > 0.0);
+        let embd = file
+            .header
+            .tensor("token_embd.weight")
+            .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?
+            .clone();
+        if embd.dims.len() != 2 || embd.dims[0] != n_embd as u64 || embd.dims[1] > 1 << 24 {
+            return Err(EngineError::TensorShape {
+                name: "token_embd.weight".into(),
+                want: vec![n_embd as u64, 0],
+                found: embd.dims.clone(),
+            });
+        }
+        let n_vocab = embd.dims[1] as usize;
+        let cfg = Config {
+            n_embd,
+            n_layers,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            ctx,
+            eps,
+            rope_base_global,
+            rope_base_local: 10_000.0,
+            window,
+            swa_period: 6,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            final_softcap,
+        };
+        let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+        let mut layers = Vec::with_capacity(n_layers);
+        for i in 0..n_layers {
+            progress(i, n_layers + 1);
+            let p = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                attn_norm: w.vector(&p("attn_norm.weight"), n_embd)?,
+                q_norm: w.vector(&p("attn_q_norm.weight"), head_dim)?,
+                k_norm: w.vector(&p("attn_k_norm.weight"), head_dim)?,
+                wq: w.matrix(&p("attn_q.weight"), q_dim, n_embd)?,
+                wk: w.matrix(&p("attn_k.weight"), kv_dim, n_embd)?,
+                wv: w.matrix(&p("attn_v.weight"), kv_dim, n_embd)?,
+                wo: w.matrix(&p("attn_output.weight"), n_embd, q_dim)?,
+                post_attn_norm: w.vector(&p("post_attention_norm.weight"), n_embd)?,
+                ffn_norm: w.vector(&p("ffn_norm.weight"), n_embd)?,
+                gate: w.matrix(&p("ffn_gate.weight"), n_ff, n_embd)?,
+                up: w.matrix(&p("ffn_up.weight"), n_ff, n_embd)?,
+                down: w.matrix(&p("ffn_down.weight"), n_embd, n_ff)?,
+                post_ffn_norm: w.vector(&p("post_ffw_norm.weight"), n_embd)?,
+            });
+        }
+        progress(n_layers, n_layers + 1);
+        let out_norm = w.vector("output_norm.weight", n_embd)?;
+        let out_name = if w.has("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
+        let output = w.matrix(out_name, n_vocab, n_embd)?;
+        progress(n_layers + 1, n_layers + 1);
+        let mut weight_bytes = file
+            .header
+            .tensor(out_name)
+            .map(|t| t.n_bytes as usize)
+            .unwrap_or(0);
+        weight_bytes += (embd.n_bytes / embd.dims[1]) as usize; // one embedding row
+        for t in &file.header.tensors {
+            if t.name.starts_with("blk.") {
+                weight_bytes += t.n_bytes as usize;
+            }
+        }
+        Ok(Gemma3 {
+            inv_freq_local: rope_inv_freq(head_dim, cfg.rope_base_local),
+            inv_freq_global: rope_inv_freq(head_dim, cfg.rope_base_global),
+            cfg,
+            file,
+            embd,
+            layers,
+            out_norm,
+            output,
+            pool,
+            isa: isa(),
+            weight_bytes,
+        })
+    }
+
+    fn mm(&self, x: &[f32], m: usize, qa: &mut ActScratch, jobs: &mut [MatmulJob]) {
+        matmul(&self.pool, self.isa, x, m, qa, jobs);
+    }
+
+    /// Causal attention of `m` query rows (positions pos0..pos0+m) over the cache.
+    fn attention(
+        &self,
+        layer: usize,
+        cache: &KvCache,
+        q: &[f32],
+        m: usize,
+        pos0: usize,
+        out: &mut [f32],
+    ) {
+        let c = &self.cfg;
+        let (hd, nh) = (c.head_dim, c.n_head);
+        let group = nh / c.n_head_kv;
+        let kv_dim = c.n_head_kv * hd;
+        let local = c.is_local(layer);
+        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let tasks = m * nh;
+        let nt = self.pool.threads();
+        self.pool.run(&|t| {
+            let mut scores = Vec::new();
+            let mut acc = vec![0f32; hd];
+            // Strided, not blocked: later rows attend to more positions, so
+            // interleaving balances the threads.
+            for task in (t..tasks).step_by(nt) {
+                let (i, h) = (task / nh, task % nh);
+                let pos = pos0 + i;
+                let start = if local {
+                    (pos + 1).saturating_sub(c.window)
+                } else {
+                    0
+                };
+                let qh = &q[i * nh * hd + h * hd..][..hd];
+                let kvh = (h / group) * hd;
+                attend(
+                    self.isa,
+                    qh,
+                    &kc[kvh..],
+                    &vc[kvh..],
+                    kv_dim,
+                    start,
+                    pos,
+                    &mut scores,
+                    &mut acc,
+                );
+                // SAFETY: each (row, head) slice is written by exactly one task.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        acc.as_ptr(),
+                        out_ptr.get().add(i * nh * hd + h * hd),
+                        hd,
+                    )
+                };
+            }
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes from pool tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Model for Gemma3 {
+    fn vocab_size(&self) -> usize {
+        self.cfg.n_vocab
+    }
+    fn max_context(&self) -> usize {
+        self.cfg.ctx
+    }
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(
+            self.cfg.n_layers,
+            self.cfg.n_head_kv * self.cfg.head_dim,
+            capacity.min(self.cfg.ctx),
+        )
+    }
+
+    fn forward(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        rows: LogitRows,
+    ) -> Result<Vec<f32>, EngineError> {
+        let c = &self.cfg;
+        let m = tokens.len();
+        if m == 0 {
+            return Ok(Vec::new());
+        }
+        let pos0 = cache.len();
+        if pos0 + m > cache.capacity {
+            return Err(EngineError::ContextFull {
+                need: pos0 + m,
+                capacity: cache.capacity,
+            });
+        }
+        let (d, hd) = (c.n_embd, c.head_dim);
+        let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
+
+        // x[m x d] = embedding rows * sqrt(d)
+        let mut x = vec![0f32; m * d];
+        let row_bytes = (self.embd.n_bytes / self.embd.dims[1]) as usize;
+        let embd = self.file.tensor_data(&self.embd);
+        for (i, &t) in tokens.iter().enumerate() {
+            if t as usize >= c.n_vocab {
+                return Err(EngineError::TokenOutOfRange {
+                    id: t,
+                    vocab: c.n_vocab,
+                });
+            }
+            let r = &mut x[i * d..(i + 1) * d];
+            dequantize_row(
+                self.embd.ty,
+                &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes],
+                r,
+            )
+            .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
+            let s = (d as f32).sqrt();
+            r.iter_mut().for_each(|v| *v *= s);
+        }
+        cache.reserve(pos0 + m);
+
+        let mut qa = ActScratch::default();
+        let mut h = vec![0f32; m * d];
+        let mut q = vec![0f32; m * q_dim];
+        let mut k = vec![0f32; m * kv_dim];
+        let mut v = vec![0f32; m * kv_dim];
+        let mut att = vec![0f32; m * q_dim];
+        let mut o = vec![0f32; m * d];
+        let mut gate = vec![0f32; m * c.n_ff];
+        let mut up = vec![0f32; m * c.n_ff];
+        // cos/sin of every row's position, for local and global rope bases.
+        let (mut cos_l, mut sin_l, mut cos_g, mut sin_g) = (vec![], vec![], vec![], vec![]);
+        let (mut tc, mut ts) = (vec![], vec![]);
+        for i in 0..m {
+            rope_table(pos0 + i, &self.inv_freq_local, &mut tc, &mut ts);
+            cos_l.extend_from_slice(&tc);
+            sin_l.extend_from_slice(&ts);
+            rope_table(pos0 + i, &self.inv_freq_global, &mut tc, &mut ts);
+            cos_g.extend_from_slice(&tc);
+            sin_g.extend_from_slice(&ts);
+        }
+
+        for (li, l) in self.layers.iter().enumerate() {
+            // attention block
+            h.copy_from_slice(&x);
+            rmsnorm_rows(&mut h, &l.attn_norm, c.eps);
+            self.mm(
+                &h,
+                m,
+                &mut qa,
+                &mut [
+                    MatmulJob {
+                        w: &l.wq,
+                        out: &mut q,
+                    },
+                    MatmulJob {
+                        w: &l.wk,
+                        out: &mut k,
+                    },
+                    MatmulJob {
+                        w: &l.wv,
+                        out: &mut v,
+                    },
+                ],
+            );
+            let (cos, sin) = if c.is_local(li) {
+                (&cos_l, &sin_l)
+            } else {
+                (&cos_g, &sin_g)
+            };
+            let half = hd / 2;
+            for i in 0..m {
+                let pos = pos0 + i;
+                let (cs, sn) = (
+                    &cos[i * half..(i + 1) * half],
+                    &sin[i * half..(i + 1) * half],
+                );
+                for head in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
+                    rmsnorm(head, &l.q_norm, c.eps);
+                    rope_neox(head, cs, sn);
+                    head.iter_mut().for_each(|v| *v *= c.attn_scale);
+                    // llama.cpp's attention reads Q, K and V in f16.
+                    round_f16(head);
+                }
+                for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
+                    rmsnorm(head, &l.k_norm, c.eps);
+                    rope_neox(head, cs, sn);
+                }
+                round_f16(&mut k[i * kv_dim..(i + 1) * kv_dim]);
+                round_f16(&mut v[i * kv_dim..(i + 1) * kv_dim]);
+                cache.k[li][pos * kv_dim..(pos + 1) * kv_dim]
+                    .copy_from_slice(&k[i * kv_dim..(i + 1) * kv_dim]);
+                cache.v[li][pos * kv_dim..(pos + 1) * kv_dim]
+                    .copy_from_slice(&v[i * kv_dim..(i + 1) * kv_dim]);
+            }
+            self.attention(li, cache, &q, m, pos0, &mut att);
+            self.mm(
+                &att,
+                m,
+                &mut qa,
+                &mut [MatmulJob {
+                    w: &l.wo,
+                    out: &mut o,
+                }],
+            );
+            rmsnorm_rows(&mut o, &l.post_attn_norm, c.eps);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            // feed-forward block
+            h.copy_from_slice(&x);
+            rmsnorm_rows(&mut h, &l.ffn_norm, c.eps);
+            self.mm(
+                &h,
+                m,
+                &mut qa,
+                &mut [
+                    MatmulJob {
+                        w: &l.gate,
+                        out: &mut gate,
+                    },
+                    MatmulJob {
+                        w: &l.up,
+                        out: &mut up,
+                    },
+                ],
+            );
+            gate.iter_mut()
+                .zip(&up)
+                .for_each(|(g, u)| *g = gelu(*g) * u);
+            self.mm(
+                &gate,
+                m,
+                &mut qa,
+                &mut [MatmulJob {
+                    w: &l.down,
+                    out: &mut o,
+                }],
+            );
+            rmsnorm_rows(&mut o, &l.post_ffn_norm, c.eps);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        cache.set_len(pos0 + m);
+
+        let first = match rows {
+            LogitRows::All => 0,
+            LogitRows::Last => m - 1,
+        };
+        let mut xs = x[first * d..].to_vec();
+        rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
+        let nr = m - first;
+        let mut logits = vec![0f32; nr * c.n_vocab];
+        self.mm(
+            &xs,
+            nr,
+            &mut qa,
+            &mut [MatmulJob {
+                w: &self.output,
+                out: &mut logits,
+            }],
+        );
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        }
+        Ok(logits)
+    }
+
+    fn weight_bytes_per_token(&self) -> usize {
+        self.weight_bytes
+    }
+
+    fn packed_bytes_per_token(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|w| w.bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        layers + self.output.bytes()
+    }
+
+    fn describe(&self) -> String {
+        let c = &self.cfg;
+        format!(
+            "gemma3: {} layers, hidden {}, ff {}, heads {}/{} x {}, vocab {}, window {}",
+            c.n_layers, c.n_embd, c.n_ff, c.n_head, c.n_head_kv, c.head_dim, c.n_vocab, c.window
+        )
+    }
+}

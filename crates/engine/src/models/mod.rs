@@ -1,0 +1,33 @@
+//! One file per architecture; each serves every weight format.
+
+pub mod gemma3;
+
+use std::sync::Arc;
+
+use specdec_gguf::{GgufFile, Value};
+use specdec_kernels::Pool;
+
+use crate::{EngineError, Model};
+
+pub fn load(
+    file: Arc<GgufFile>,
+    pool: Arc<Pool>,
+    force_f32: bool,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Box<dyn Model>, EngineError> {
+    let arch = file
+        .header
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| EngineError::Metadata {
+            key: "general.architecture".into(),
+            problem: "missing".into(),
+        })?
+        .to_string();
+    match arch.as_str() {
+        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(
+            file, pool, force_f32, progress,
+        )?)),
+        other => Err(EngineError::UnsupportedArch(other.to_string())),
+    }
+}
