@@ -4,22 +4,24 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use specdec_engine::generate::generate as run_generate;
+use specdec_engine::generate::{generate as run_generate, GenStats};
 use specdec_engine::sampler::SamplingParams;
+use specdec_engine::spec::model_drafter::{check_vocab_compat, ModelDrafter};
+use specdec_engine::spec::ngram::NgramDrafter;
+use specdec_engine::spec::suffix::SuffixDrafter;
+use specdec_engine::spec::{generate_spec, Controller, Drafter, SpecStats};
 use specdec_engine::{load, profile as prof, LoadOptions, Loaded};
 use specdec_gguf::GgufFile;
 use specdec_tokenizer::{StreamDecoder, Tokenizer};
 
-use crate::{ModelArgs, SampleArgs};
+use crate::{ModelArgs, SampleArgs, SpecArgs};
 
 pub const DEFAULT_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
 
 pub fn specdec_home() -> PathBuf {
     std::env::var_os("SPECDEC_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/specdec")
-        })
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/specdec"))
 }
 
 fn model_path(args: &ModelArgs) -> Result<PathBuf> {
@@ -39,7 +41,7 @@ fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn load_model(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
+pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
     let path = model_path(args)?;
     let bar = indicatif::ProgressBar::new(1);
     if quiet {
@@ -50,16 +52,11 @@ fn load_model(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
-        bar.set_message(format!(
-            "loading {}",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ));
+        bar.set_message(format!("loading {}", path.file_name().unwrap_or_default().to_string_lossy()));
         bar.enable_steady_tick(Duration::from_millis(200));
     }
-    let opts = LoadOptions {
-        threads: args.threads,
-        force_f32: std::env::var("SPECDEC_FORCE_F32").is_ok_and(|v| v == "1"),
-    };
+    let opts =
+        LoadOptions { threads: args.threads, force_f32: std::env::var("SPECDEC_FORCE_F32").is_ok_and(|v| v == "1") };
     let loaded = load(&path, &opts, &|i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);
@@ -93,7 +90,7 @@ fn sampling(s: &SampleArgs) -> Result<SamplingParams> {
     })
 }
 
-fn read_jsonl(p: &Path) -> Result<Vec<Value>> {
+pub fn read_jsonl(p: &Path) -> Result<Vec<Value>> {
     let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -101,12 +98,77 @@ fn read_jsonl(p: &Path) -> Result<Vec<Value>> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str(&line)
-                .with_context(|| format!("{}: line {} is not JSON", p.display(), i + 1))?,
-        );
+        out.push(serde_json::from_str(&line).with_context(|| format!("{}: line {} is not JSON", p.display(), i + 1))?);
     }
     Ok(out)
+}
+
+/// The drafter named by `--drafter`, or None for plain decoding.
+pub fn make_drafter(
+    args: &SpecArgs,
+    target: &Loaded,
+    params: &SamplingParams,
+    threads: usize,
+) -> Result<Option<Box<dyn Drafter>>> {
+    Ok(match args.drafter.as_str() {
+        "none" => None,
+        "ngram" => Some(Box::new(NgramDrafter::default())),
+        "suffix" => Some(Box::new(SuffixDrafter::default())),
+        d if d.starts_with("model:") => {
+            let path = PathBuf::from(&d["model:".len()..]);
+            let margs = ModelArgs { model: Some(path.clone()), threads };
+            let draft = load_model(&margs, true)?;
+            check_vocab_compat(&target.tokenizer, &draft.tokenizer)
+                .map_err(|e| anyhow::anyhow!("draft model {} cannot draft for this target: {e}", path.display()))?;
+            let ctx = target.model.max_context().min(draft.model.max_context()).min(8192);
+            Some(Box::new(ModelDrafter::new(draft.model, params.clone(), ctx, path.display().to_string())))
+        }
+        other => bail!("unknown drafter {other:?}: use none, ngram, suffix or model:PATH"),
+    })
+}
+
+pub fn controller(args: &SpecArgs) -> Result<Controller> {
+    if args.draft_max == 0 || args.draft_max > 64 {
+        bail!("--draft-max must be in 1..=64");
+    }
+    Ok(if args.fixed_k { Controller::fixed(args.draft_max) } else { Controller::new(args.draft_max) })
+}
+
+/// Plain or speculative generation, whichever `drafter` says.
+#[allow(clippy::too_many_arguments)]
+pub fn run_one(
+    loaded: &Loaded,
+    drafter: Option<&mut Box<dyn Drafter>>,
+    ctl: &mut Controller,
+    prompt: &[u32],
+    max_tokens: usize,
+    params: &SamplingParams,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<(Vec<u32>, GenStats, Option<SpecStats>, bool)> {
+    let tok = &loaded.tokenizer;
+    let model = loaded.model.as_ref();
+    Ok(match drafter {
+        None => {
+            let r = run_generate(model, prompt, max_tokens, params, &|t| tok.is_eog(t), on_token)?;
+            (r.tokens, r.stats, None, r.stopped_on_eog)
+        }
+        Some(d) => {
+            let r = generate_spec(model, d.as_mut(), ctl, prompt, max_tokens, params, &|t| tok.is_eog(t), on_token)?;
+            (r.tokens, r.stats, Some(r.spec), r.stopped_on_eog)
+        }
+    })
+}
+
+pub fn spec_json(s: &SpecStats) -> Value {
+    json!({
+        "num_drafts": s.num_drafts,
+        "num_draft_tokens": s.num_draft_tokens,
+        "num_accepted_tokens": s.num_accepted_tokens,
+        "num_accepted_tokens_per_pos": s.accepted_per_pos,
+        "mean_acceptance_length": s.mean_acceptance_length(),
+        "draft_acceptance_rate": s.acceptance_rate(),
+        "draft_s": s.draft_s,
+    })
 }
 
 pub fn generate(
@@ -115,6 +177,7 @@ pub fn generate(
     input: Option<PathBuf>,
     max_tokens: usize,
     s: &SampleArgs,
+    spec: &SpecArgs,
     as_json: bool,
 ) -> Result<()> {
     let params = sampling(s)?;
@@ -124,15 +187,18 @@ pub fn generate(
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                v["prompt"].as_str().map(str::to_string).with_context(|| {
-                    format!("{}: line {} has no string \"prompt\"", f.display(), i + 1)
-                })
+                v["prompt"]
+                    .as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{}: line {} has no string \"prompt\"", f.display(), i + 1))
             })
             .collect::<Result<_>>()?,
         _ => bail!("give --prompt TEXT or --input-jsonl FILE"),
     };
+    let mut ctl = controller(spec)?;
     let loaded = load_model(m, as_json)?;
-    let (tok, model) = (&loaded.tokenizer, loaded.model.as_ref());
+    let mut drafter = make_drafter(spec, &loaded, &params, m.threads)?;
+    let tok = &loaded.tokenizer;
     let stdout = std::io::stdout();
     for p in prompts {
         let prompt_ids = tok.encode(&p, true, false);
@@ -146,21 +212,14 @@ pub fn generate(
             write!(out, "{p}")?;
             out.flush()?;
         }
-        let res = run_generate(
-            model,
-            &prompt_ids,
-            max_tokens,
-            &params,
-            &|t| tok.is_eog(t),
-            &mut |t| {
+        let (tokens, st, sp, eog) =
+            run_one(&loaded, drafter.as_mut(), &mut ctl, &prompt_ids, max_tokens, &params, &mut |t| {
                 if stream {
                     let piece = dec.push(tok, t);
                     let _ = write!(out, "{piece}");
                     let _ = out.flush();
                 }
-            },
-        )?;
-        let st = &res.stats;
+            })?;
         if stream {
             writeln!(out, "{}", dec.finish())?;
             eprintln!(
@@ -170,23 +229,42 @@ pub fn generate(
                 st.new_tokens,
                 st.decode_tokens_per_s()
             );
+            if let Some(sp) = &sp {
+                eprintln!(
+                    "[drafter {}: {} drafts, {} draft tokens, {} accepted ({:.0}%), mean acceptance length {:.2}, {} target passes]",
+                    spec.drafter,
+                    sp.num_drafts,
+                    sp.num_draft_tokens,
+                    sp.num_accepted_tokens,
+                    100.0 * sp.acceptance_rate(),
+                    sp.mean_acceptance_length(),
+                    st.target_passes + 1
+                );
+            }
         } else {
-            let text = tok.decode(&res.tokens, false);
+            let text = tok.decode(&tokens, false);
+            let mut stats = json!({
+                "prompt_tokens": st.prompt_tokens,
+                "new_tokens": st.new_tokens,
+                "prefill_s": st.prefill_s,
+                "decode_s": st.decode_s,
+                "prefill_tokens_per_s": st.prefill_tokens_per_s(),
+                "decode_tokens_per_s": st.decode_tokens_per_s(),
+                "target_passes": st.target_passes,
+            });
+            if let Some(sp) = &sp {
+                if let (Value::Object(a), Value::Object(b)) = (&mut stats, spec_json(sp)) {
+                    a.extend(b);
+                }
+            }
             let obj = json!({
                 "prompt": p,
                 "prompt_ids": prompt_ids,
-                "output_ids": res.tokens,
+                "output_ids": tokens,
                 "text": text,
-                "stop_reason": if res.stopped_on_eog { "eos" } else { "length" },
-                "stats": {
-                    "prompt_tokens": st.prompt_tokens,
-                    "new_tokens": st.new_tokens,
-                    "prefill_s": st.prefill_s,
-                    "decode_s": st.decode_s,
-                    "prefill_tokens_per_s": st.prefill_tokens_per_s(),
-                    "decode_tokens_per_s": st.decode_tokens_per_s(),
-                    "target_passes": st.target_passes,
-                }
+                "stop_reason": if eog { "eos" } else { "length" },
+                "drafter": spec.drafter,
+                "stats": stats,
             });
             writeln!(out, "{obj}")?;
         }
@@ -210,14 +288,11 @@ pub fn tokenize(m: &ModelArgs, text: Option<String>, input: Option<PathBuf>) -> 
         }
         (None, Some(f)) => {
             for (i, v) in read_jsonl(&f)?.iter().enumerate() {
-                let t = v["text"].as_str().with_context(|| {
-                    format!("{}: line {} has no string \"text\"", f.display(), i + 1)
-                })?;
+                let t = v["text"]
+                    .as_str()
+                    .with_context(|| format!("{}: line {} has no string \"text\"", f.display(), i + 1))?;
                 let add_bos = v.get("add_bos").and_then(Value::as_bool).unwrap_or(true);
-                let special = v
-                    .get("parse_special")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+                let special = v.get("parse_special").and_then(Value::as_bool).unwrap_or(false);
                 writeln!(out, "{}", json!({ "ids": tok.encode(t, add_bos, special) }))?;
             }
         }
@@ -230,13 +305,7 @@ pub fn inspect(m: &ModelArgs, show_tensors: bool) -> Result<()> {
     let path = model_path(m)?;
     let f = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
     let h = &f.header;
-    println!(
-        "file: {} ({} bytes, GGUF v{}, alignment {})",
-        path.display(),
-        f.bytes().len(),
-        h.version,
-        h.alignment
-    );
+    println!("file: {} ({} bytes, GGUF v{}, alignment {})", path.display(), f.bytes().len(), h.version, h.alignment);
     if h.trailing_bytes > 0 {
         println!("warning: {} bytes after the last tensor", h.trailing_bytes);
     }
@@ -244,11 +313,9 @@ pub fn inspect(m: &ModelArgs, show_tensors: bool) -> Result<()> {
     for (k, v) in &h.metadata {
         let s = match v {
             specdec_gguf::Value::Array(a) => format!("[{} x {}]", a.len(), a.type_name()),
-            specdec_gguf::Value::String(s) if s.len() > 80 => format!(
-                "{:?}... ({} bytes)",
-                &s[..s.floor_char_boundary(80)],
-                s.len()
-            ),
+            specdec_gguf::Value::String(s) if s.len() > 80 => {
+                format!("{:?}... ({} bytes)", &s[..s.floor_char_boundary(80)], s.len())
+            }
             other => format!("{other:?}"),
         };
         println!("  {k} = {s}");
@@ -268,16 +335,11 @@ pub fn inspect(m: &ModelArgs, show_tensors: bool) -> Result<()> {
             println!("  {} {} {:?}", t.name, t.ty, t.dims);
         }
     }
-    let arch = h
-        .get("general.architecture")
-        .and_then(|v| v.as_str())
-        .unwrap_or("?");
+    let arch = h.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("?");
     let get = |k: &str| h.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64());
-    if let (Some(l), Some(kv), Some(kl)) = (
-        get("block_count"),
-        get("attention.head_count_kv"),
-        get("attention.key_length"),
-    ) {
+    if let (Some(l), Some(kv), Some(kl)) =
+        (get("block_count"), get("attention.head_count_kv"), get("attention.key_length"))
+    {
         let vl = get("attention.value_length").unwrap_or(kl);
         println!(
             "KV cache: {} bytes per token (f32 K and V, {l} layers x {kv} kv heads x ({kl}+{vl}))",
@@ -291,13 +353,8 @@ pub fn inspect(m: &ModelArgs, show_tensors: bool) -> Result<()> {
 pub fn profile(m: &ModelArgs, as_json: bool, reps: usize) -> Result<()> {
     let loaded = load_model(m, as_json)?;
     let model = loaded.model.as_ref();
-    let threads = if m.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        m.threads
-    };
+    let threads =
+        if m.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { m.threads };
     let pool = specdec_kernels::Pool::new(threads);
     let reps = reps.max(1);
     let say = |s: &str| {

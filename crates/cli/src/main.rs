@@ -1,5 +1,6 @@
 //! `specdec`: generate, tokenize, inspect and profile GGUF models on the CPU.
 
+mod bench;
 mod commands;
 
 use std::path::PathBuf;
@@ -7,11 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "specdec",
-    version,
-    about = "Lossless speculative decoding engine for GGUF models (CPU)"
-)]
+#[command(name = "specdec", version, about = "Lossless speculative decoding engine for GGUF models (CPU)")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -54,6 +51,22 @@ pub struct SampleArgs {
     pub seed: u64,
 }
 
+#[derive(clap::Args, Clone)]
+pub struct SpecArgs {
+    /// Drafter: none (plain decoding), ngram (prompt lookup), suffix (suffix
+    /// trie over prompt, output and earlier outputs), or model:PATH (a draft
+    /// model GGUF sharing the target's vocabulary).
+    #[arg(long, default_value = "none")]
+    pub drafter: String,
+    /// Most draft tokens per step; the adaptive controller picks k <= this.
+    #[arg(long, default_value_t = 8)]
+    pub draft_max: usize,
+    /// Always draft exactly --draft-max tokens when the drafter has them
+    /// (turns the adaptive controller off).
+    #[arg(long)]
+    pub fixed_k: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate text from a prompt (or a JSONL file of prompts).
@@ -71,9 +84,37 @@ enum Cmd {
         max_tokens: usize,
         #[command(flatten)]
         sample: SampleArgs,
+        #[command(flatten)]
+        spec: SpecArgs,
         /// Print one JSON object per prompt instead of streaming text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run plain and speculative decoding side by side on Spec-Bench-format
+    /// prompts (turns[0] of each line) and report speedups per category.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// JSONL file with question_id, category and turns.
+        #[arg(long)]
+        prompts: PathBuf,
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// New tokens per prompt.
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Use only the first N prompts of each category (0 = all).
+        #[arg(long, default_value_t = 0)]
+        per_category: usize,
+        /// Write the per-prompt results and summary as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a markdown table here.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+        /// Write an SVG bar chart of speedup per category here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Print token ids of text.
     Tokenize {
@@ -110,19 +151,13 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Generate {
-            model,
-            prompt,
-            input_jsonl,
-            max_tokens,
-            sample,
-            json,
-        } => commands::generate(&model, prompt, input_jsonl, max_tokens, &sample, json),
-        Cmd::Tokenize {
-            model,
-            text,
-            input_jsonl,
-        } => commands::tokenize(&model, text, input_jsonl),
+        Cmd::Generate { model, prompt, input_jsonl, max_tokens, sample, spec, json } => {
+            commands::generate(&model, prompt, input_jsonl, max_tokens, &sample, &spec, json)
+        }
+        Cmd::Bench { model, prompts, spec, max_tokens, per_category, json, markdown, svg } => {
+            bench::bench(&model, &prompts, &spec, max_tokens, per_category, json, markdown, svg)
+        }
+        Cmd::Tokenize { model, text, input_jsonl } => commands::tokenize(&model, text, input_jsonl),
         Cmd::Inspect { model, tensors } => commands::inspect(&model, tensors),
         Cmd::Profile { model, json, reps } => commands::profile(&model, json, reps),
     };

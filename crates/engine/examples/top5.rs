@@ -4,10 +4,7 @@ use specdec_engine::{load, LoadOptions, LogitRows};
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let opts = LoadOptions {
-        threads: 0,
-        force_f32: std::env::var("F32").is_ok(),
-    };
+    let opts = LoadOptions { threads: 0, force_f32: std::env::var("F32").is_ok() };
     let l = load(a[1].as_ref(), &opts, &|_, _| {}).unwrap();
     let ids: Vec<u32> = a[2].split(',').map(|s| s.parse().unwrap()).collect();
     let mut c = l.model.new_cache(ids.len());

@@ -44,25 +44,15 @@ pub fn generate(
     is_eog: &dyn Fn(u32) -> bool,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<GenOutput, EngineError> {
-    let mut stats = GenStats {
-        prompt_tokens: prompt.len(),
-        ..Default::default()
-    };
+    let mut stats = GenStats { prompt_tokens: prompt.len(), ..Default::default() };
     let mut out = Vec::with_capacity(max_new);
     let mut stopped_on_eog = false;
     if prompt.is_empty() || max_new == 0 {
-        return Ok(GenOutput {
-            tokens: out,
-            stats,
-            stopped_on_eog,
-        });
+        return Ok(GenOutput { tokens: out, stats, stopped_on_eog });
     }
     let mut cache = model.new_cache(prompt.len() + max_new);
     if prompt.len() + max_new > cache.capacity {
-        return Err(EngineError::ContextFull {
-            need: prompt.len() + max_new,
-            capacity: cache.capacity,
-        });
+        return Err(EngineError::ContextFull { need: prompt.len() + max_new, capacity: cache.capacity });
     }
     let mut rng = Rng::new(params.seed);
     let mut history: Vec<u32> = prompt.to_vec();
@@ -87,9 +77,5 @@ pub fn generate(
     }
     stats.decode_s = t1.elapsed().as_secs_f64();
     stats.new_tokens = out.len();
-    Ok(GenOutput {
-        tokens: out,
-        stats,
-        stopped_on_eog,
-    })
+    Ok(GenOutput { tokens: out, stats, stopped_on_eog })
 }

@@ -47,9 +47,7 @@ impl KvCache {
         let need = new_len * self.kv_dim;
         for l in 0..self.n_layers {
             if self.k[l].len() < need {
-                let target = need
-                    .max(self.k[l].len() * 2)
-                    .min(self.capacity * self.kv_dim);
+                let target = need.max(self.k[l].len() * 2).min(self.capacity * self.kv_dim);
                 self.k[l].resize(target, 0.0);
                 self.v[l].resize(target, 0.0);
             }

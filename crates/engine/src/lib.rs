@@ -5,12 +5,14 @@
 //! whose `forward` runs tokens at the cache's next positions and returns
 //! logits for the rows asked for -> `sampler` -> tokens.
 
+pub mod fixtures;
 pub mod generate;
 pub mod kv;
 pub mod models;
 pub mod profile;
 pub mod rng;
 pub mod sampler;
+pub mod spec;
 pub mod weights;
 
 use std::path::Path;
@@ -35,11 +37,7 @@ pub enum EngineError {
     #[error("required tensor {0:?} is missing")]
     MissingTensor(String),
     #[error("tensor {name:?} has shape {found:?}, expected {want:?}")]
-    TensorShape {
-        name: String,
-        want: Vec<u64>,
-        found: Vec<u64>,
-    },
+    TensorShape { name: String, want: Vec<u64>, found: Vec<u64> },
     #[error("tensor {0:?}: {1}")]
     Tensor(String, String),
     #[error("token id {id} is outside the vocabulary of {vocab}")]
@@ -65,12 +63,7 @@ pub trait Model: Send + Sync {
     fn new_cache(&self, capacity: usize) -> KvCache;
     /// Runs `tokens` at positions `cache.len()..` and appends them to the cache.
     /// Returns logits, `vocab_size` per requested row.
-    fn forward(
-        &self,
-        cache: &mut KvCache,
-        tokens: &[u32],
-        rows: LogitRows,
-    ) -> Result<Vec<f32>, EngineError>;
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError>;
     /// Weight bytes one decode step reads, as stored in the file.
     fn weight_bytes_per_token(&self) -> usize;
     /// Weight bytes one decode step reads in the packed layout.
@@ -93,17 +86,11 @@ pub struct LoadOptions {
     pub force_f32: bool,
 }
 
-pub fn load(
-    path: &Path,
-    opts: &LoadOptions,
-    progress: &dyn Fn(usize, usize),
-) -> Result<Loaded, EngineError> {
+pub fn load(path: &Path, opts: &LoadOptions, progress: &dyn Fn(usize, usize)) -> Result<Loaded, EngineError> {
     let file = Arc::new(GgufFile::open(path)?);
     let tokenizer = Tokenizer::from_gguf(&file.header)?;
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
         opts.threads
     };
@@ -112,16 +99,8 @@ pub fn load(
     if model.vocab_size() < tokenizer.vocab_size() {
         return Err(EngineError::Metadata {
             key: "tokenizer.ggml.tokens".into(),
-            problem: format!(
-                "{} tokens but the output layer has {} rows",
-                tokenizer.vocab_size(),
-                model.vocab_size()
-            ),
+            problem: format!("{} tokens but the output layer has {} rows", tokenizer.vocab_size(), model.vocab_size()),
         });
     }
-    Ok(Loaded {
-        file,
-        tokenizer,
-        model,
-    })
+    Ok(Loaded { file, tokenizer, model })
 }

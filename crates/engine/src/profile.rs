@@ -26,10 +26,7 @@ pub fn read_bandwidth_gbps(pool: &Pool, bytes: usize, reps: usize) -> f64 {
                     acc[i] = acc[i].wrapping_add(c[i]);
                 }
             }
-            sink.fetch_add(
-                acc.iter().fold(0, |a, &b| a ^ b),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            sink.fetch_add(acc.iter().fold(0, |a, &b| a ^ b), std::sync::atomic::Ordering::Relaxed);
         });
         best = best.min(t.elapsed().as_secs_f64());
     }

@@ -67,11 +67,7 @@ fn penalize(logits: &mut [f32], p: &SamplingParams, history: &[u32]) {
     for &t in &history[start..] {
         if let Some(l) = logits.get_mut(t as usize) {
             if seen.insert(t) {
-                *l = if *l > 0.0 {
-                    *l / p.repeat_penalty
-                } else {
-                    *l * p.repeat_penalty
-                };
+                *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
             }
         }
     }
@@ -87,12 +83,8 @@ pub fn probs(logits: &[f32], p: &SamplingParams, history: &[u32]) -> Vec<(u32, f
     }
     let inv_t = 1.0 / p.temperature;
     let max = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut cand: Vec<(u32, f32)> = l
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i as u32, ((v - max) * inv_t).exp()))
-        .filter(|&(_, e)| e > 0.0)
-        .collect();
+    let mut cand: Vec<(u32, f32)> =
+        l.iter().enumerate().map(|(i, &v)| (i as u32, ((v - max) * inv_t).exp())).filter(|&(_, e)| e > 0.0).collect();
     // Most likely first, ties by id, so the order (and the draw) is deterministic.
     cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     if p.top_k > 0 && cand.len() > p.top_k {
@@ -152,55 +144,32 @@ mod tests {
     #[test]
     fn greedy_is_argmax_with_lowest_id_on_ties() {
         let l = [0.5, 2.0, 2.0, -1.0];
-        assert_eq!(
-            sample(&l, &SamplingParams::default(), &[], &mut Rng::new(1)),
-            1
-        );
+        assert_eq!(sample(&l, &SamplingParams::default(), &[], &mut Rng::new(1)), 1);
     }
 
     #[test]
     fn filters_keep_what_they_should() {
         let l: Vec<f32> = [4.0f32, 3.0, 2.0, 1.0, 0.0].to_vec();
-        let base = SamplingParams {
-            temperature: 1.0,
-            ..Default::default()
-        };
+        let base = SamplingParams { temperature: 1.0, ..Default::default() };
         assert_eq!(probs(&l, &base, &[]).len(), 5);
-        let k2 = SamplingParams {
-            top_k: 2,
-            ..base.clone()
-        };
+        let k2 = SamplingParams { top_k: 2, ..base.clone() };
         let d = probs(&l, &k2, &[]);
         assert_eq!(d.iter().map(|c| c.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((d[0].1 + d[1].1 - 1.0).abs() < 1e-6);
         // softmax(4,3,2,1,0): p0 ~ 0.636, p0+p1 ~ 0.87
-        let tp = SamplingParams {
-            top_p: 0.8,
-            ..base.clone()
-        };
+        let tp = SamplingParams { top_p: 0.8, ..base.clone() };
         assert_eq!(probs(&l, &tp, &[]).len(), 2);
-        let mp = SamplingParams {
-            min_p: 0.3,
-            ..base.clone()
-        };
+        let mp = SamplingParams { min_p: 0.3, ..base.clone() };
         // keeps p >= 0.3 * p0: e^-1 = 0.37 yes, e^-2 = 0.135 no
         assert_eq!(probs(&l, &mp, &[]).len(), 2);
-        let pen = SamplingParams {
-            repeat_penalty: 100.0,
-            temperature: 0.0,
-            ..base
-        };
+        let pen = SamplingParams { repeat_penalty: 100.0, temperature: 0.0, ..base };
         assert_eq!(sample(&l, &pen, &[0], &mut Rng::new(0)), 1);
     }
 
     #[test]
     fn sampling_follows_the_distribution() {
         let l = [1.0f32, 0.0, 2.0];
-        let p = SamplingParams {
-            temperature: 1.0,
-            seed: 7,
-            ..Default::default()
-        };
+        let p = SamplingParams { temperature: 1.0, seed: 7, ..Default::default() };
         let dist = probs(&l, &p, &[]);
         let mut rng = Rng::new(p.seed);
         let n = 100_000;

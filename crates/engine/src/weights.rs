@@ -20,16 +20,9 @@ impl<'a> WeightSource<'a> {
             .header
             .get("general.architecture")
             .and_then(Value::as_str)
-            .ok_or_else(|| EngineError::Metadata {
-                key: "general.architecture".into(),
-                problem: "missing".into(),
-            })?
+            .ok_or_else(|| EngineError::Metadata { key: "general.architecture".into(), problem: "missing".into() })?
             .to_string();
-        Ok(WeightSource {
-            file,
-            arch,
-            force_f32: false,
-        })
+        Ok(WeightSource { file, arch, force_f32: false })
     }
 
     fn key(&self, suffix: &str) -> String {
@@ -37,26 +30,16 @@ impl<'a> WeightSource<'a> {
     }
 
     /// An integer hyperparameter `{arch}.{suffix}` within `range`.
-    pub fn usize(
-        &self,
-        suffix: &str,
-        range: std::ops::RangeInclusive<usize>,
-    ) -> Result<usize, EngineError> {
+    pub fn usize(&self, suffix: &str, range: std::ops::RangeInclusive<usize>) -> Result<usize, EngineError> {
         let key = self.key(suffix);
         let v = self
             .file
             .header
             .get(&key)
-            .ok_or_else(|| EngineError::Metadata {
-                key: key.clone(),
-                problem: "missing".into(),
-            })?;
+            .ok_or_else(|| EngineError::Metadata { key: key.clone(), problem: "missing".into() })?;
         match v.as_u64() {
             Some(x) if range.contains(&(x as usize)) && x <= usize::MAX as u64 => Ok(x as usize),
-            _ => Err(EngineError::Metadata {
-                key,
-                problem: format!("{v:?} is outside {range:?}"),
-            }),
+            _ => Err(EngineError::Metadata { key, problem: format!("{v:?} is outside {range:?}") }),
         }
     }
 
@@ -79,27 +62,16 @@ impl<'a> WeightSource<'a> {
             None => Ok(default),
             Some(v) => match v.as_f64() {
                 Some(x) if x.is_finite() && x > 0.0 => Ok(x as f32),
-                _ => Err(EngineError::Metadata {
-                    key,
-                    problem: format!("{v:?} is not a positive finite number"),
-                }),
+                _ => Err(EngineError::Metadata { key, problem: format!("{v:?} is not a positive finite number") }),
             },
         }
     }
 
     pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<&'a TensorInfo, EngineError> {
-        let t = self
-            .file
-            .header
-            .tensor(name)
-            .ok_or_else(|| EngineError::MissingTensor(name.into()))?;
+        let t = self.file.header.tensor(name).ok_or_else(|| EngineError::MissingTensor(name.into()))?;
         let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
         if t.dims != want {
-            return Err(EngineError::TensorShape {
-                name: name.into(),
-                want,
-                found: t.dims.clone(),
-            });
+            return Err(EngineError::TensorShape { name: name.into(), want, found: t.dims.clone() });
         }
         Ok(t)
     }

@@ -30,10 +30,7 @@ fn check(m: &dyn Model, toks: &[u32]) {
     for chunks in [&[1usize][..], &[3, 1, 8], &[16, 5], &[2]] {
         let parts = logits_in_chunks(m, toks, chunks);
         assert_eq!(whole.len(), parts.len());
-        let same = whole
-            .iter()
-            .zip(&parts)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = whole.iter().zip(&parts).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "chunking {chunks:?} changed logits");
     }
 }
@@ -61,10 +58,7 @@ fn rollback_equals_never_having_drafted() {
     let mut fresh = m.new_cache(64);
     m.forward(&mut fresh, &prefix, LogitRows::Last).unwrap();
     let want = m.forward(&mut fresh, &good, LogitRows::All).unwrap();
-    assert!(after
-        .iter()
-        .zip(&want)
-        .all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(after.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
 #[test]

@@ -14,8 +14,7 @@ fn set(kv: &mut Vec<(String, Value)>, key: &str, v: Option<Value>) {
 }
 
 fn expect(case: &str, bytes: Vec<u8>, needles: &[&str]) {
-    let r = std::panic::catch_unwind(|| load_bytes(&bytes))
-        .unwrap_or_else(|_| panic!("{case}: panicked"));
+    let r = std::panic::catch_unwind(|| load_bytes(&bytes)).unwrap_or_else(|_| panic!("{case}: panicked"));
     let msg = match r {
         Ok(_) => panic!("{case}: loaded but should fail"),
         Err(e) => e.to_string(),
@@ -38,28 +37,15 @@ fn tiny_model_loads() {
 
 #[test]
 fn semantic_cases() {
-    let kv_case =
-        |key: &'static str, v: Option<Value>| tiny_gemma3(1, &move |kv, _| set(kv, key, v.clone()));
-    expect(
-        "SEM-ARCH-MISSING",
-        kv_case("general.architecture", None),
-        &["general.architecture", "missing"],
-    );
+    let kv_case = |key: &'static str, v: Option<Value>| tiny_gemma3(1, &move |kv, _| set(kv, key, v.clone()));
+    expect("SEM-ARCH-MISSING", kv_case("general.architecture", None), &["general.architecture", "missing"]);
     expect(
         "SEM-ARCH-UNKNOWN",
         kv_case("general.architecture", Some(Value::String("nope".into()))),
         &["\"nope\"", "not supported"],
     );
-    expect(
-        "SEM-BLOCKCOUNT-0",
-        kv_case("gemma3.block_count", Some(Value::U32(0))),
-        &["gemma3.block_count", "U32(0)"],
-    );
-    expect(
-        "SEM-BLOCKCOUNT-HUGE",
-        kv_case("gemma3.block_count", Some(Value::U32(1 << 30))),
-        &["gemma3.block_count"],
-    );
+    expect("SEM-BLOCKCOUNT-0", kv_case("gemma3.block_count", Some(Value::U32(0))), &["gemma3.block_count", "U32(0)"]);
+    expect("SEM-BLOCKCOUNT-HUGE", kv_case("gemma3.block_count", Some(Value::U32(1 << 30))), &["gemma3.block_count"]);
     expect(
         "SEM-HEADS-0",
         kv_case("gemma3.attention.head_count", Some(Value::U32(0))),
@@ -70,22 +56,11 @@ fn semantic_cases() {
         kv_case("gemma3.attention.head_count_kv", Some(Value::U32(3))),
         &["head_count_kv", "3"],
     );
-    expect(
-        "SEM-CTX-0",
-        kv_case("gemma3.context_length", Some(Value::U32(0))),
-        &["gemma3.context_length"],
-    );
-    expect(
-        "SEM-CTX-HUGE",
-        kv_case("gemma3.context_length", Some(Value::U64(1 << 40))),
-        &["gemma3.context_length"],
-    );
+    expect("SEM-CTX-0", kv_case("gemma3.context_length", Some(Value::U32(0))), &["gemma3.context_length"]);
+    expect("SEM-CTX-HUGE", kv_case("gemma3.context_length", Some(Value::U64(1 << 40))), &["gemma3.context_length"]);
     expect(
         "SEM-EPS-NAN",
-        kv_case(
-            "gemma3.attention.layer_norm_rms_epsilon",
-            Some(Value::F32(f32::NAN)),
-        ),
+        kv_case("gemma3.attention.layer_norm_rms_epsilon", Some(Value::F32(f32::NAN))),
         &["layer_norm_rms_epsilon"],
     );
     expect(
@@ -107,18 +82,12 @@ fn semantic_cases() {
     );
     expect(
         "SEM-VOCAB-LEN-MISMATCH",
-        kv_case(
-            "tokenizer.ggml.scores",
-            Some(Value::Array(Array::F32(vec![0.0; 299]))),
-        ),
+        kv_case("tokenizer.ggml.scores", Some(Value::Array(Array::F32(vec![0.0; 299])))),
         &["tokenizer.ggml.scores", "299"],
     );
     expect(
         "SEM-VOCAB-ARRAY-WRONG-ELEM-TYPE",
-        kv_case(
-            "tokenizer.ggml.token_type",
-            Some(Value::Array(Array::U8(vec![1; 300]))),
-        ),
+        kv_case("tokenizer.ggml.token_type", Some(Value::Array(Array::U8(vec![1; 300])))),
         &["tokenizer.ggml.token_type", "u8"],
     );
     expect(

@@ -181,22 +181,13 @@ pub enum GgufError {
         source: std::io::Error,
     },
     #[error("file truncated: {field} needs {needed} bytes at offset {offset}, file has {available} left")]
-    Truncated {
-        field: String,
-        offset: u64,
-        needed: u64,
-        available: u64,
-    },
+    Truncated { field: String, offset: u64, needed: u64, available: u64 },
     #[error("bad magic {found:02x?}: not a GGUF file (expected \"GGUF\"){hint}")]
     BadMagic { found: [u8; 4], hint: &'static str },
     #[error("unsupported GGUF version {version}{hint}")]
     Version { version: u32, hint: &'static str },
     #[error("{field} = {value} exceeds what the remaining {remaining} bytes can hold")]
-    CountTooLarge {
-        field: String,
-        value: u64,
-        remaining: u64,
-    },
+    CountTooLarge { field: String, value: u64, remaining: u64 },
     #[error("metadata key #{index}: {problem}")]
     BadKey { index: u64, problem: String },
     #[error("duplicate metadata key {key:?}")]
@@ -208,25 +199,13 @@ pub enum GgufError {
     #[error("general.alignment: {problem}")]
     BadAlignment { problem: String },
     #[error("tensor #{index} ({name:?}): {problem}")]
-    BadTensor {
-        index: u64,
-        name: String,
-        problem: String,
-    },
+    BadTensor { index: u64, name: String, problem: String },
     #[error("duplicate tensor name {name:?}")]
     DuplicateTensor { name: String },
     #[error("tensor {name:?}: offset {offset} is not where it must be (expected {expected}: tensors must be contiguous, aligned and in order)")]
-    BadOffset {
-        name: String,
-        offset: u64,
-        expected: u64,
-    },
+    BadOffset { name: String, offset: u64, expected: u64 },
     #[error("tensor data truncated: tensors need {needed} bytes from offset {data_start}, file has {file_len} bytes")]
-    DataTruncated {
-        data_start: u64,
-        needed: u64,
-        file_len: u64,
-    },
+    DataTruncated { data_start: u64, needed: u64, file_len: u64 },
 }
 
 pub type Result<T> = std::result::Result<T, GgufError>;

@@ -1,10 +1,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::{
-    Array, GgmlType, GgufError, Result, Value, MAX_ALIGNMENT, MAX_DIMS, MAX_KEY_LEN,
-    MAX_TENSOR_NAME,
-};
+use crate::{Array, GgmlType, GgufError, Result, Value, MAX_ALIGNMENT, MAX_DIMS, MAX_KEY_LEN, MAX_TENSOR_NAME};
 
 /// One tensor's description. `offset` is relative to the start of the file.
 #[derive(Clone, Debug)]
@@ -58,20 +55,13 @@ pub struct GgufFile {
 impl GgufFile {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io = |source| GgufError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = |source| GgufError::Io { path: path.display().to_string(), source };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the mapping is read-only. A file truncated by another process
         // while mapped can raise SIGBUS; that is documented in ARCHITECTURE.md.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let header = parse(&mmap)?;
-        Ok(GgufFile {
-            header,
-            mmap,
-            path: path.to_path_buf(),
-        })
+        Ok(GgufFile { header, mmap, path: path.to_path_buf() })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -181,12 +171,7 @@ fn read_scalar(c: &mut Cursor, t: u32, key: &str) -> Result<Value> {
         T_U64 => Value::U64(c.u64(&f)?),
         T_I64 => Value::I64(i64::from_le_bytes(c.array(&f)?)),
         T_F64 => Value::F64(f64::from_le_bytes(c.array(&f)?)),
-        other => {
-            return Err(GgufError::UnknownValueType {
-                key: key.into(),
-                type_id: other,
-            })
-        }
+        other => return Err(GgufError::UnknownValueType { key: key.into(), type_id: other }),
     })
 }
 
@@ -195,15 +180,9 @@ fn read_array(c: &mut Cursor, key: &str) -> Result<Array> {
     let elem = c.u32(&f)?;
     let n = c.u64(&f)?;
     if elem == T_ARRAY {
-        return Err(GgufError::BadValue {
-            key: key.into(),
-            problem: "nested arrays are not supported".into(),
-        });
+        return Err(GgufError::BadValue { key: key.into(), problem: "nested arrays are not supported".into() });
     }
-    let size = scalar_size(elem).ok_or_else(|| GgufError::UnknownValueType {
-        key: key.into(),
-        type_id: elem,
-    })?;
+    let size = scalar_size(elem).ok_or_else(|| GgufError::UnknownValueType { key: key.into(), type_id: elem })?;
     // Every element needs at least `size` bytes: a count the file cannot hold
     // is rejected before any allocation.
     match n.checked_mul(size) {
@@ -251,11 +230,7 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
     let mut c = Cursor { buf, pos: 0 };
     let magic: [u8; 4] = c.array(&|| "magic".into())?;
     if &magic != b"GGUF" {
-        let hint = if &magic == b"FUGG" {
-            " (byte-swapped: big-endian GGUF is not supported)"
-        } else {
-            ""
-        };
+        let hint = if &magic == b"FUGG" { " (byte-swapped: big-endian GGUF is not supported)" } else { "" };
         return Err(GgufError::BadMagic { found: magic, hint });
     }
     let version = c.u32(&|| "version".into())?;
@@ -273,16 +248,9 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
     let n_kv = c.u64(&|| "metadata_kv_count".into())?;
     // Each KV needs >= 8 (key len) + 4 (type) + 1 bytes; each tensor info
     // >= 8 (name len) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset).
-    for (field, value, min) in [
-        ("metadata_kv_count", n_kv, 13u64),
-        ("tensor_count", n_tensors, 32),
-    ] {
+    for (field, value, min) in [("metadata_kv_count", n_kv, 13u64), ("tensor_count", n_tensors, 32)] {
         if value > c.remaining() / min {
-            return Err(GgufError::CountTooLarge {
-                field: field.into(),
-                value,
-                remaining: c.remaining(),
-            });
+            return Err(GgufError::CountTooLarge { field: field.into(), value, remaining: c.remaining() });
         }
     }
 
@@ -292,33 +260,20 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
         let f = || format!("metadata key #{index}");
         let len = c.u64(&f)?;
         if len == 0 {
-            return Err(GgufError::BadKey {
-                index,
-                problem: "empty key".into(),
-            });
+            return Err(GgufError::BadKey { index, problem: "empty key".into() });
         }
         if len > MAX_KEY_LEN {
-            return Err(GgufError::BadKey {
-                index,
-                problem: format!("key length {len} exceeds {MAX_KEY_LEN}"),
-            });
+            return Err(GgufError::BadKey { index, problem: format!("key length {len} exceeds {MAX_KEY_LEN}") });
         }
         let raw = c.take(len, &f)?;
         let key = std::str::from_utf8(raw)
-            .map_err(|e| GgufError::BadKey {
-                index,
-                problem: format!("key is not UTF-8 ({e})"),
-            })?
+            .map_err(|e| GgufError::BadKey { index, problem: format!("key is not UTF-8 ({e})") })?
             .to_string();
         if key_index.contains_key(&key) {
             return Err(GgufError::DuplicateKey { key });
         }
         let t = c.u32(&|| format!("value type of {key:?}"))?;
-        let value = if t == T_ARRAY {
-            Value::Array(read_array(&mut c, &key)?)
-        } else {
-            read_scalar(&mut c, t, &key)?
-        };
+        let value = if t == T_ARRAY { Value::Array(read_array(&mut c, &key)?) } else { read_scalar(&mut c, t, &key)? };
         key_index.insert(key.clone(), metadata.len());
         metadata.push((key, value));
     }
@@ -334,91 +289,51 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
             }
             a
         }
-        Some(v) => {
-            return Err(GgufError::BadAlignment {
-                problem: format!("must be u32, found {}", v.type_name()),
-            })
-        }
+        Some(v) => return Err(GgufError::BadAlignment { problem: format!("must be u32, found {}", v.type_name()) }),
     };
 
     let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
     let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
     for index in 0..n_tensors {
         let f = || format!("tensor info #{index}");
-        let bad = |name: &str, problem: String| GgufError::BadTensor {
-            index,
-            name: name.to_string(),
-            problem,
-        };
+        let bad = |name: &str, problem: String| GgufError::BadTensor { index, name: name.to_string(), problem };
         let len = c.u64(&f)?;
         if len as usize >= MAX_TENSOR_NAME || len >= MAX_TENSOR_NAME as u64 {
-            return Err(bad(
-                "",
-                format!("name length {len} exceeds {}", MAX_TENSOR_NAME - 1),
-            ));
+            return Err(bad("", format!("name length {len} exceeds {}", MAX_TENSOR_NAME - 1)));
         }
         let raw = c.take(len, &f)?;
-        let name = std::str::from_utf8(raw)
-            .map_err(|e| bad("", format!("name is not UTF-8 ({e})")))?
-            .to_string();
+        let name = std::str::from_utf8(raw).map_err(|e| bad("", format!("name is not UTF-8 ({e})")))?.to_string();
         if name.is_empty() {
             return Err(bad(&name, "empty name".into()));
         }
         let n_dims = c.u32(&f)?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(bad(
-                &name,
-                format!("n_dims = {n_dims}, must be 1..={MAX_DIMS}"),
-            ));
+            return Err(bad(&name, format!("n_dims = {n_dims}, must be 1..={MAX_DIMS}")));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
             let v = c.u64(&f)?;
             if v == 0 || v > i64::MAX as u64 {
-                return Err(bad(
-                    &name,
-                    format!("dims[{d}] = {v} (as i64: {}), must be >= 1", v as i64),
-                ));
+                return Err(bad(&name, format!("dims[{d}] = {v} (as i64: {}), must be >= 1", v as i64)));
             }
             dims.push(v);
         }
         let n_elements = dims
             .iter()
-            .try_fold(1u64, |acc, &d| {
-                acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64)
-            })
-            .ok_or_else(|| {
-                bad(
-                    &name,
-                    format!("element count of dims {dims:?} overflows i64"),
-                )
-            })?;
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64))
+            .ok_or_else(|| bad(&name, format!("element count of dims {dims:?} overflows i64")))?;
         let type_id = c.u32(&f)?;
-        let ty = GgmlType::from_id(type_id).ok_or_else(|| {
-            bad(
-                &name,
-                format!(
-                    "type id {type_id} (as i32: {}) is not a ggml type",
-                    type_id as i32
-                ),
-            )
-        })?;
+        let ty = GgmlType::from_id(type_id)
+            .ok_or_else(|| bad(&name, format!("type id {type_id} (as i32: {}) is not a ggml type", type_id as i32)))?;
         let (blck, type_size) = ty.block_geometry();
         if blck == 0 {
             return Err(bad(&name, format!("type {ty} was removed from ggml")));
         }
         if dims[0] % blck != 0 {
-            return Err(bad(
-                &name,
-                format!(
-                    "row length {} is not a multiple of {ty}'s block size {blck}",
-                    dims[0]
-                ),
-            ));
+            return Err(bad(&name, format!("row length {} is not a multiple of {ty}'s block size {blck}", dims[0])));
         }
-        let n_bytes = (n_elements / blck)
-            .checked_mul(type_size)
-            .ok_or_else(|| bad(&name, "byte size overflows u64".into()))?;
+        let n_bytes =
+            (n_elements / blck).checked_mul(type_size).ok_or_else(|| bad(&name, "byte size overflows u64".into()))?;
         let offset = c.u64(&f)?;
         if tensor_index.contains_key(&name) {
             return Err(GgufError::DuplicateTensor { name });
@@ -439,20 +354,14 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
     let mut running: u64 = 0;
     for t in tensors.iter_mut() {
         if t.offset != running {
-            return Err(GgufError::BadOffset {
-                name: t.name.clone(),
-                offset: t.offset,
-                expected: running,
-            });
+            return Err(GgufError::BadOffset { name: t.name.clone(), offset: t.offset, expected: running });
         }
         let padded = t
             .n_bytes
             .checked_add(alignment - 1)
             .map(|v| v / alignment * alignment)
             .and_then(|p| running.checked_add(p));
-        let end = data_start
-            .checked_add(running)
-            .and_then(|s| s.checked_add(t.n_bytes));
+        let end = data_start.checked_add(running).and_then(|s| s.checked_add(t.n_bytes));
         match (padded, end) {
             (Some(p), Some(e)) if e <= file_len => {
                 t.offset = data_start + running;
@@ -467,10 +376,7 @@ pub fn parse(buf: &[u8]) -> Result<Gguf> {
             }
         }
     }
-    let data_end = tensors
-        .last()
-        .map(|t| t.offset + t.n_bytes)
-        .unwrap_or(data_start.min(file_len));
+    let data_end = tensors.last().map(|t| t.offset + t.n_bytes).unwrap_or(data_start.min(file_len));
     Ok(Gguf {
         version,
         alignment,

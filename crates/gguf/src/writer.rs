@@ -145,11 +145,7 @@ impl Default for GgufWriter {
 
 impl GgufWriter {
     pub fn new() -> Self {
-        GgufWriter {
-            alignment: 32,
-            kv: Vec::new(),
-            tensors: Vec::new(),
-        }
+        GgufWriter { alignment: 32, kv: Vec::new(), tensors: Vec::new() }
     }
     pub fn kv(&mut self, key: &str, v: Value) -> &mut Self {
         if key == "general.alignment" {
@@ -162,8 +158,7 @@ impl GgufWriter {
     }
     /// `dims` in ggml order (row length first); `data` is the raw encoded bytes.
     pub fn tensor(&mut self, name: &str, dims: &[u64], ty: GgmlType, data: Vec<u8>) -> &mut Self {
-        self.tensors
-            .push((name.to_string(), dims.to_vec(), ty, data));
+        self.tensors.push((name.to_string(), dims.to_vec(), ty, data));
         self
     }
     pub fn to_bytes(&self) -> Vec<u8> {

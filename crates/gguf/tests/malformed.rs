@@ -48,11 +48,7 @@ fn expect_err(case: &str, bytes: &[u8], needles: &[&str]) {
     }
     // Tests in this binary run serially enough for the bound to be meaningful:
     // the limit is generous and concurrent tests allocate little.
-    assert!(
-        extra <= 2 * bytes.len() + (16 << 20),
-        "{case}: allocated {extra} bytes for {} input bytes",
-        bytes.len()
-    );
+    assert!(extra <= 2 * bytes.len() + (16 << 20), "{case}: allocated {extra} bytes for {} input bytes", bytes.len());
 }
 
 fn header(n_tensors: u64, n_kv: u64) -> RawWriter {
@@ -76,10 +72,7 @@ fn valid_files_load() {
     let g = parse(&valid()).unwrap();
     assert_eq!(g.tensors.len(), 2);
     assert_eq!(g.tensor("b").unwrap().ty, GgmlType::Q8_0);
-    assert_eq!(
-        g.get("general.architecture").unwrap().as_str(),
-        Some("test")
-    );
+    assert_eq!(g.get("general.architecture").unwrap().as_str(), Some("test"));
     // GGUF-EMPTY-OK: no tensors and no metadata.
     let e = header(0, 0).buf.clone();
     let g = parse(&e).unwrap();
@@ -123,37 +116,16 @@ fn header_cases() {
     expect_err("GGUF-HDR-BAD-MAGIC", &b, &["magic"]);
     b[..4].copy_from_slice(b"FUGG");
     expect_err("GGUF-HDR-BYTESWAP-MAGIC", &b, &["byte-swapped"]);
-    for (name, ver) in [
-        ("0", 0u32),
-        ("1", 1),
-        ("FUTURE", 99),
-        ("BYTESWAP", 3u32.swap_bytes()),
-    ] {
+    for (name, ver) in [("0", 0u32), ("1", 1), ("FUTURE", 99), ("BYTESWAP", 3u32.swap_bytes())] {
         let mut b = v.clone();
         b[4..8].copy_from_slice(&ver.to_le_bytes());
-        expect_err(
-            &format!("GGUF-HDR-VER-{name}"),
-            &b,
-            &["version", &ver.to_string()],
-        );
+        expect_err(&format!("GGUF-HDR-VER-{name}"), &b, &["version", &ver.to_string()]);
     }
-    for (name, n) in [
-        ("U64MAX", u64::MAX),
-        ("2^63", 1 << 63),
-        ("EXCEEDS-REMAINING", 1000),
-    ] {
-        expect_err(
-            &format!("GGUF-HDR-NTENSORS-{name}"),
-            &header(n, 0).buf,
-            &["tensor_count", &n.to_string()],
-        );
+    for (name, n) in [("U64MAX", u64::MAX), ("2^63", 1 << 63), ("EXCEEDS-REMAINING", 1000)] {
+        expect_err(&format!("GGUF-HDR-NTENSORS-{name}"), &header(n, 0).buf, &["tensor_count", &n.to_string()]);
     }
     for (name, n) in [("U64MAX", u64::MAX), ("EXCEEDS-REMAINING", 1000)] {
-        expect_err(
-            &format!("GGUF-HDR-NKV-{name}"),
-            &header(0, n).buf,
-            &["metadata_kv_count", &n.to_string()],
-        );
+        expect_err(&format!("GGUF-HDR-NKV-{name}"), &header(0, n).buf, &["metadata_kv_count", &n.to_string()]);
     }
 }
 
@@ -161,18 +133,10 @@ fn header_cases() {
 fn metadata_cases() {
     let mut w = header(0, 1);
     w.u64(u64::MAX).bytes(&[0; 64]);
-    expect_err(
-        "GGUF-KV-KEYLEN-U64MAX",
-        &w.buf,
-        &["key #0", "18446744073709551615"],
-    );
+    expect_err("GGUF-KV-KEYLEN-U64MAX", &w.buf, &["key #0", "18446744073709551615"]);
     let mut w = header(0, 1);
     w.u64(50).bytes(b"abcdefghijklmnop");
-    expect_err(
-        "GGUF-KV-KEYLEN-EXCEEDS-REMAINING",
-        &w.buf,
-        &["truncated", "key #0"],
-    );
+    expect_err("GGUF-KV-KEYLEN-EXCEEDS-REMAINING", &w.buf, &["truncated", "key #0"]);
     let mut w = header(0, 1);
     w.u64(0).bytes(&[0; 64]);
     expect_err("GGUF-KV-KEYLEN-ZERO", &w.buf, &["empty key"]);
@@ -185,11 +149,7 @@ fn metadata_cases() {
     for (name, t) in [("13", 13u32), ("U32MAX", u32::MAX)] {
         let mut w = header(0, 1);
         w.str("k").u32(t).u64(0);
-        expect_err(
-            &format!("GGUF-KV-TYPE-{name}"),
-            &w.buf,
-            &["unknown value type", &t.to_string()],
-        );
+        expect_err(&format!("GGUF-KV-TYPE-{name}"), &w.buf, &["unknown value type", &t.to_string()]);
     }
     let mut w = header(0, 1);
     w.str("k").u32(9).u32(9).u64(1);
@@ -202,18 +162,9 @@ fn metadata_cases() {
     expect_err("GGUF-KV-ARRLEN-OVERFLOW-MUL", &w.buf, &["array length"]);
     let mut w = header(0, 1);
     w.str("k").u32(9).u32(4).u64(1000).u32(1);
-    expect_err(
-        "GGUF-KV-ARRLEN-EXCEEDS-REMAINING",
-        &w.buf,
-        &["array length", "1000"],
-    );
+    expect_err("GGUF-KV-ARRLEN-EXCEEDS-REMAINING", &w.buf, &["array length", "1000"]);
     let mut w = header(0, 1);
-    w.str("k")
-        .u32(9)
-        .u32(8)
-        .u64(3)
-        .u64(1_000_000)
-        .bytes(&[b'x'; 40]);
+    w.str("k").u32(9).u32(8).u64(3).u64(1_000_000).bytes(&[b'x'; 40]);
     expect_err("GGUF-KV-STRARR-SUMLEN-EXCEEDS", &w.buf, &["truncated"]);
     let mut w = header(0, 1);
     w.str("k").u32(7).bytes(&[2]);
@@ -234,11 +185,7 @@ fn alignment_cases() {
     ] {
         let mut w = header(0, 1);
         w.kv("general.alignment", &v);
-        expect_err(
-            &format!("GGUF-ALIGN-{name}"),
-            &w.buf,
-            &["general.alignment"],
-        );
+        expect_err(&format!("GGUF-ALIGN-{name}"), &w.buf, &["general.alignment"]);
     }
     // Missing alignment defaults to 32.
     let mut w = header(1, 0);
@@ -248,9 +195,7 @@ fn alignment_cases() {
 
 fn one_tensor(name: &str, dims: &[u64], ty: u32, offset: u64, data: usize) -> Vec<u8> {
     let mut w = header(1, 0);
-    w.tensor_info(name, dims, ty, offset)
-        .pad_to(32)
-        .bytes(&vec![0; data]);
+    w.tensor_info(name, dims, ty, offset).pad_to(32).bytes(&vec![0; data]);
     w.buf
 }
 
@@ -258,120 +203,36 @@ fn one_tensor(name: &str, dims: &[u64], ty: u32, offset: u64, data: usize) -> Ve
 fn tensor_info_cases() {
     let mut w = header(1, 0);
     w.u64(u64::MAX).bytes(&[0; 64]);
-    expect_err(
-        "GGUF-TI-NAMELEN-U64MAX",
-        &w.buf,
-        &["tensor #0", "name length"],
-    );
-    expect_err(
-        "GGUF-TI-NAMELEN-65",
-        &one_tensor(&"x".repeat(65), &[8], 0, 0, 32),
-        &["name length 65"],
-    );
+    expect_err("GGUF-TI-NAMELEN-U64MAX", &w.buf, &["tensor #0", "name length"]);
+    expect_err("GGUF-TI-NAMELEN-65", &one_tensor(&"x".repeat(65), &[8], 0, 0, 32), &["name length 65"]);
     let mut w = header(2, 0);
-    w.tensor_info("t", &[8], 0, 0)
-        .tensor_info("t", &[8], 0, 32)
-        .pad_to(32)
-        .bytes(&[0; 64]);
+    w.tensor_info("t", &[8], 0, 0).tensor_info("t", &[8], 0, 32).pad_to(32).bytes(&[0; 64]);
     expect_err("GGUF-TI-DUP-NAME", &w.buf, &["duplicate tensor", "\"t\""]);
     for (name, n) in [("0", 0u32), ("5", 5), ("U32MAX", u32::MAX)] {
         let mut w = header(1, 0);
-        w.str("t")
-            .u32(n)
-            .u64(8)
-            .u64(8)
-            .u64(8)
-            .u64(8)
-            .u64(8)
-            .u32(0)
-            .u64(0);
-        expect_err(
-            &format!("GGUF-TI-NDIMS-{name}"),
-            &w.buf,
-            &["n_dims", &n.to_string()],
-        );
+        w.str("t").u32(n).u64(8).u64(8).u64(8).u64(8).u64(8).u32(0).u64(0);
+        expect_err(&format!("GGUF-TI-NDIMS-{name}"), &w.buf, &["n_dims", &n.to_string()]);
     }
-    expect_err(
-        "GGUF-TI-DIM-NEG",
-        &one_tensor("t", &[(-5i64) as u64], 0, 0, 32),
-        &["dims[0]", "-5"],
-    );
-    expect_err(
-        "GGUF-TI-DIM-ZERO",
-        &one_tensor("t", &[8, 0], 0, 0, 32),
-        &["dims[1] = 0"],
-    );
-    expect_err(
-        "GGUF-TI-NELEM-OVERFLOW",
-        &one_tensor("t", &[(1 << 42) + 1, 1 << 30], 0, 0, 32),
-        &["overflows"],
-    );
-    expect_err(
-        "GGUF-TI-NBYTES-OVERFLOW",
-        &one_tensor("t", &[1 << 62], 0, 0, 32),
-        &["t"],
-    );
-    expect_err(
-        "GGUF-TI-ROW-NOT-BLOCK-MULTIPLE",
-        &one_tensor("t", &[33], 8, 0, 64),
-        &["block size 32"],
-    );
-    expect_err(
-        "GGUF-TI-TYPE-OOR",
-        &one_tensor("t", &[8], 1000, 0, 32),
-        &["type id 1000"],
-    );
-    expect_err(
-        "GGUF-TI-TYPE-NEG",
-        &one_tensor("t", &[8], (-1i32) as u32, 0, 32),
-        &["as i32: -1"],
-    );
-    expect_err(
-        "GGUF-TI-TYPE-REMOVED",
-        &one_tensor("t", &[8], 4, 0, 32),
-        &["type id 4"],
-    );
-    expect_err(
-        "GGUF-TI-OFFSET-MISALIGNED",
-        &one_tensor("t", &[8], 0, 3, 64),
-        &["offset 3"],
-    );
+    expect_err("GGUF-TI-DIM-NEG", &one_tensor("t", &[(-5i64) as u64], 0, 0, 32), &["dims[0]", "-5"]);
+    expect_err("GGUF-TI-DIM-ZERO", &one_tensor("t", &[8, 0], 0, 0, 32), &["dims[1] = 0"]);
+    expect_err("GGUF-TI-NELEM-OVERFLOW", &one_tensor("t", &[(1 << 42) + 1, 1 << 30], 0, 0, 32), &["overflows"]);
+    expect_err("GGUF-TI-NBYTES-OVERFLOW", &one_tensor("t", &[1 << 62], 0, 0, 32), &["t"]);
+    expect_err("GGUF-TI-ROW-NOT-BLOCK-MULTIPLE", &one_tensor("t", &[33], 8, 0, 64), &["block size 32"]);
+    expect_err("GGUF-TI-TYPE-OOR", &one_tensor("t", &[8], 1000, 0, 32), &["type id 1000"]);
+    expect_err("GGUF-TI-TYPE-NEG", &one_tensor("t", &[8], (-1i32) as u32, 0, 32), &["as i32: -1"]);
+    expect_err("GGUF-TI-TYPE-REMOVED", &one_tensor("t", &[8], 4, 0, 32), &["type id 4"]);
+    expect_err("GGUF-TI-OFFSET-MISALIGNED", &one_tensor("t", &[8], 0, 3, 64), &["offset 3"]);
     let mut w = header(2, 0);
-    w.tensor_info("a", &[8], 0, 0)
-        .tensor_info("b", &[8], 0, 64)
-        .pad_to(32)
-        .bytes(&[0; 128]);
-    expect_err(
-        "GGUF-TI-OFFSET-GAP",
-        &w.buf,
-        &["\"b\"", "offset 64", "expected 32"],
-    );
+    w.tensor_info("a", &[8], 0, 0).tensor_info("b", &[8], 0, 64).pad_to(32).bytes(&[0; 128]);
+    expect_err("GGUF-TI-OFFSET-GAP", &w.buf, &["\"b\"", "offset 64", "expected 32"]);
     let mut w = header(2, 0);
-    w.tensor_info("a", &[16], 0, 0)
-        .tensor_info("b", &[8], 0, 32)
-        .pad_to(32)
-        .bytes(&[0; 128]);
+    w.tensor_info("a", &[16], 0, 0).tensor_info("b", &[8], 0, 32).pad_to(32).bytes(&[0; 128]);
     expect_err("GGUF-TI-OFFSET-OVERLAP", &w.buf, &["\"b\"", "expected 64"]);
     let mut w = header(2, 0);
-    w.tensor_info("a", &[8], 0, 32)
-        .tensor_info("b", &[8], 0, 0)
-        .pad_to(32)
-        .bytes(&[0; 64]);
-    expect_err(
-        "GGUF-TI-OFFSET-OUT-OF-ORDER",
-        &w.buf,
-        &["\"a\"", "offset 32", "expected 0"],
-    );
-    expect_err(
-        "GGUF-TI-OFFSET-BEYOND-EOF",
-        &one_tensor("t", &[1024], 0, 0, 32),
-        &["truncated"],
-    );
-    expect_err(
-        "GGUF-TI-OFFSET-U64MAX",
-        &one_tensor("t", &[8], 0, u64::MAX, 32),
-        &["offset 18446744073709551615"],
-    );
+    w.tensor_info("a", &[8], 0, 32).tensor_info("b", &[8], 0, 0).pad_to(32).bytes(&[0; 64]);
+    expect_err("GGUF-TI-OFFSET-OUT-OF-ORDER", &w.buf, &["\"a\"", "offset 32", "expected 0"]);
+    expect_err("GGUF-TI-OFFSET-BEYOND-EOF", &one_tensor("t", &[1024], 0, 0, 32), &["truncated"]);
+    expect_err("GGUF-TI-OFFSET-U64MAX", &one_tensor("t", &[8], 0, u64::MAX, 32), &["offset 18446744073709551615"]);
     let v = valid();
     expect_err("GGUF-DATA-TRUNCATED", &v[..v.len() - 40], &["truncated"]);
     // GGUF-DATA-TRAILING-BYTES: accepted and reported.

@@ -39,31 +39,15 @@ fn main() {
     let w = PackedMatrix::from_gguf(ty, &data, n, k).unwrap();
     let pool = Pool::new(2);
     let mut qa = ActScratch::default();
-    println!(
-        "{ty} {n}x{k}, {:.1} MB packed, isa {:?}",
-        w.bytes() as f64 / 1e6,
-        isa()
-    );
+    println!("{ty} {n}x{k}, {:.1} MB packed, isa {:?}", w.bytes() as f64 / 1e6, isa());
     let mut base = 0.0;
     for m in [1usize, 2, 4, 8, 16, 64] {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
-            .collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut out = vec![0f32; m * n];
         let mut times = vec![];
         for _ in 0..9 {
             let t = Instant::now();
-            matmul(
-                &pool,
-                isa(),
-                &x,
-                m,
-                &mut qa,
-                &mut [MatmulJob {
-                    w: &w,
-                    out: &mut out,
-                }],
-            );
+            matmul(&pool, isa(), &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut out }]);
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(|a, b| a.total_cmp(b));
@@ -71,10 +55,6 @@ fn main() {
         if m == 1 {
             base = t;
         }
-        println!(
-            "M={m:3}: {t:8.3} ms  [{:.2}x]  {:.1} GB/s",
-            t / base,
-            w.bytes() as f64 / t / 1e6
-        );
+        println!("M={m:3}: {t:8.3} ms  [{:.2}x]  {:.1} GB/s", t / base, w.bytes() as f64 / t / 1e6);
     }
 }

@@ -41,11 +41,7 @@ impl QuantActs {
     /// Quantizes `x` (m rows of k, k a multiple of 32; of 256 for Q8_K), reusing buffers.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) {
         let blk = if style == ActStyle::Q8_K { 256 } else { 32 };
-        assert!(
-            k.is_multiple_of(blk) && x.len() == m * k,
-            "activations {m}x{k}, len {}",
-            x.len()
-        );
+        assert!(k.is_multiple_of(blk) && x.len() == m * k, "activations {m}x{k}, len {}", x.len());
         self.m = m;
         self.k = k;
         self.qs.resize(m * k, 0);
@@ -83,10 +79,7 @@ impl QuantActs {
                 }
             };
             self.d[i * blk / 32..(i + 1) * blk / 32].fill(d);
-            for (h, s) in q
-                .chunks_exact(16)
-                .zip(self.sum16[i * blk / 16..(i + 1) * blk / 16].iter_mut())
-            {
+            for (h, s) in q.chunks_exact(16).zip(self.sum16[i * blk / 16..(i + 1) * blk / 16].iter_mut()) {
                 *s = h.iter().map(|&v| v as i32).sum();
             }
         }

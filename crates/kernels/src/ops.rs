@@ -43,11 +43,7 @@ pub fn gelu_exact(x: f32) -> f32 {
 
 fn gelu_table() -> &'static [u16] {
     static T: OnceLock<Vec<u16>> = OnceLock::new();
-    T.get_or_init(|| {
-        (0..=u16::MAX)
-            .map(|b| f16::from_f32(gelu_exact(f16::from_bits(b).to_f32())).to_bits())
-            .collect()
-    })
+    T.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_exact(f16::from_bits(b).to_f32())).to_bits()).collect())
 }
 
 /// f32 -> f16 bits, round to nearest even (no F16C needed).
@@ -84,22 +80,30 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
-/// Inverse frequencies of NEOX-style rotary embeddings for head size `d`.
-pub fn rope_inv_freq(d: usize, base: f32) -> Vec<f32> {
-    (0..d / 2)
-        .map(|i| (base as f64).powf(-2.0 * i as f64 / d as f64) as f32)
-        .collect()
+/// Rotary embedding frequencies as ggml computes them: `theta_scale =
+/// base^(-2/d)` in f32, and the angle for pair i is `pos * theta_scale^i`
+/// accumulated by repeated f32 multiplication (matching llama.cpp's rounding).
+pub struct Rope {
+    pub theta_scale: f32,
+    pub pairs: usize,
 }
 
-/// cos and sin of `pos * f` for each inverse frequency f (computed once per
-/// row and reused by every head and layer).
-pub fn rope_table(pos: usize, inv_freq: &[f32], cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+impl Rope {
+    pub fn new(d: usize, base: f32) -> Rope {
+        Rope { theta_scale: base.powf(-2.0 / d as f32), pairs: d / 2 }
+    }
+}
+
+/// cos and sin of every pair's angle at `pos` (computed once per row and
+/// reused by every head and layer).
+pub fn rope_table(pos: usize, rope: &Rope, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
     cos.clear();
     sin.clear();
-    for &f in inv_freq {
-        let (s, c) = (pos as f32 * f).sin_cos();
-        cos.push(c);
-        sin.push(s);
+    let mut theta = pos as f32;
+    for _ in 0..rope.pairs {
+        cos.push(theta.cos());
+        sin.push(theta.sin());
+        theta *= rope.theta_scale;
     }
 }
 
@@ -111,13 +115,5 @@ pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
         let (a, b) = (lo[i], hi[i]);
         lo[i] = a * cos[i] - b * sin[i];
         hi[i] = a * sin[i] + b * cos[i];
-    }
-}
-
-/// Rounds every value to the nearest f16 (llama.cpp keeps K, V and the
-/// attention query in f16).
-pub fn round_f16(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = f16::from_f32(*v).to_f32();
     }
 }

@@ -82,18 +82,11 @@ impl AlignedBytes {
     }
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: raw holds len + 64 bytes; pad < 64.
-        unsafe {
-            std::slice::from_raw_parts((self.raw.as_ptr() as *const u8).add(self.pad), self.len)
-        }
+        unsafe { std::slice::from_raw_parts((self.raw.as_ptr() as *const u8).add(self.pad), self.len) }
     }
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, unique borrow.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                (self.raw.as_mut_ptr() as *mut u8).add(self.pad),
-                self.len,
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut((self.raw.as_mut_ptr() as *mut u8).add(self.pad), self.len) }
     }
 }
 
@@ -132,12 +125,7 @@ impl PackedMatrix {
         }
     }
     /// Packs `n` rows of `k` elements of type `ty` (GGUF bytes, row-major).
-    pub fn from_gguf(
-        ty: GgmlType,
-        data: &[u8],
-        n: usize,
-        k: usize,
-    ) -> Result<PackedMatrix, KernelError> {
+    pub fn from_gguf(ty: GgmlType, data: &[u8], n: usize, k: usize) -> Result<PackedMatrix, KernelError> {
         Self::from_gguf_as(ty, data, n, k, PackedKind::for_type(ty))
     }
 
@@ -167,19 +155,10 @@ impl PackedMatrix {
             for (r, out) in f.chunks_exact_mut(k).enumerate() {
                 dequantize_row(ty, &data[r * row_bytes..(r + 1) * row_bytes], out)?;
             }
-            return Ok(PackedMatrix {
-                kind,
-                n,
-                k,
-                source: ty,
-                q: AlignedBytes::zeroed(0),
-                f,
-            });
+            return Ok(PackedMatrix { kind, n, k, source: ty, q: AlignedBytes::zeroed(0), f });
         }
         if PackedKind::for_type(ty) != kind {
-            return Err(KernelError::Shape(format!(
-                "{ty} cannot be packed as {kind:?}"
-            )));
+            return Err(KernelError::Shape(format!("{ty} cannot be packed as {kind:?}")));
         }
         let nb = k / 32;
         let n_groups = n.div_ceil(16);
@@ -200,8 +179,7 @@ impl PackedMatrix {
                 match kind {
                     PackedKind::Q8S | PackedKind::Q6S => {
                         for j in 0..8 {
-                            rec[j * 64 + lane * 4..j * 64 + lane * 4 + 4]
-                                .copy_from_slice(&w[4 * j..4 * j + 4]);
+                            rec[j * 64 + lane * 4..j * 64 + lane * 4 + 4].copy_from_slice(&w[4 * j..4 * j + 4]);
                         }
                         if kind == PackedKind::Q8S {
                             // Source scale is f16: keep its exact bits.
@@ -217,8 +195,7 @@ impl PackedMatrix {
                     PackedKind::Q5S | PackedKind::Q4A => {
                         for p in 0..4 {
                             for t in 0..4 {
-                                rec[p * 64 + lane * 4 + t] =
-                                    (w[4 * p + t] & 0xF) | ((w[16 + 4 * p + t] & 0xF) << 4);
+                                rec[p * 64 + lane * 4 + t] = (w[4 * p + t] & 0xF) | ((w[16 + 4 * p + t] & 0xF) << 4);
                             }
                         }
                         if kind == PackedKind::Q5S {
@@ -232,24 +209,15 @@ impl PackedMatrix {
                             let bits = f16::from_f32(sc[2 * b]).to_bits().to_le_bytes();
                             rec[320 + lane * 2..320 + lane * 2 + 2].copy_from_slice(&bits);
                         } else {
-                            rec[256 + lane * 4..256 + lane * 4 + 4]
-                                .copy_from_slice(&sc[2 * b].to_le_bytes());
-                            rec[320 + lane * 4..320 + lane * 4 + 4]
-                                .copy_from_slice(&mn[2 * b].to_le_bytes());
+                            rec[256 + lane * 4..256 + lane * 4 + 4].copy_from_slice(&sc[2 * b].to_le_bytes());
+                            rec[320 + lane * 4..320 + lane * 4 + 4].copy_from_slice(&mn[2 * b].to_le_bytes());
                         }
                     }
                     PackedKind::F32 => unreachable!(),
                 }
             }
         }
-        Ok(PackedMatrix {
-            kind,
-            n,
-            k,
-            source: ty,
-            q,
-            f: Vec::new(),
-        })
+        Ok(PackedMatrix { kind, n, k, source: ty, q, f: Vec::new() })
     }
 }
 
@@ -280,11 +248,7 @@ fn decode_ints(ty: GgmlType, row: &[u8], u: &mut [u8], sc: &mut [f32], mn: &mut 
             }
         }
         GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let (bs, o) = if ty == GgmlType::Q4_0 {
-                (18, 2)
-            } else {
-                (20, 4)
-            };
+            let (bs, o) = if ty == GgmlType::Q4_0 { (18, 2) } else { (20, 4) };
             for (b, blk) in row.chunks_exact(bs).enumerate() {
                 let d = f16_at(blk, 0);
                 set32(sc, b, d);

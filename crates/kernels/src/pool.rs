@@ -58,12 +58,7 @@ impl Pool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        Pool {
-            shared,
-            workers,
-            threads,
-            lock: Mutex::new(()),
-        }
+        Pool { shared, workers, threads, lock: Mutex::new(()) }
     }
 
     pub fn threads(&self) -> usize {
@@ -120,8 +115,7 @@ fn worker(s: Arc<Shared>, tid: usize) {
                 std::hint::spin_loop();
             } else {
                 s.parked[tid].store(true, Ordering::SeqCst);
-                if s.generation.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst)
-                {
+                if s.generation.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst) {
                     thread::park();
                 }
                 s.parked[tid].store(false, Ordering::SeqCst);

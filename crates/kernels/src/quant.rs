@@ -17,10 +17,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -34,11 +31,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), K
     let (blck, bsize) = ty.block_geometry();
     let (blck, bsize) = (blck as usize, bsize as usize);
     if blck == 0 || !out.len().is_multiple_of(blck) || src.len() != out.len() / blck * bsize {
-        return Err(KernelError::Shape(format!(
-            "dequantize {ty}: {} bytes for {} elements",
-            src.len(),
-            out.len()
-        )));
+        return Err(KernelError::Shape(format!("dequantize {ty}: {} bytes for {} elements", src.len(), out.len())));
     }
     for (b, y) in src.chunks_exact(bsize).zip(out.chunks_exact_mut(blck)) {
         match ty {
@@ -127,8 +120,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), K
                             is += 1;
                             for l in 0..16 {
                                 let li = l + 16 * half;
-                                let v = ((q[li] >> shift) & 3) as i32
-                                    - if hm[li] & m != 0 { 0 } else { 4 };
+                                let v = ((q[li] >> shift) & 3) as i32 - if hm[li] & m != 0 { 0 } else { 4 };
                                 y[n * 128 + j * 32 + half * 16 + l] = dl * v as f32;
                             }
                         }
@@ -140,11 +132,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) -> Result<(), K
                 let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
                 let scales = &b[4..16];
                 let five = ty == GgmlType::Q5_K;
-                let (qh, ql) = if five {
-                    (&b[16..48], &b[48..176])
-                } else {
-                    (&b[0..0], &b[16..144])
-                };
+                let (qh, ql) = if five { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
                 for j in 0..4 {
                     let (sc1, m1) = scale_min_k4(2 * j, scales);
                     let (sc2, m2) = scale_min_k4(2 * j + 1, scales);

@@ -4,9 +4,7 @@ use half::f16;
 use specdec_gguf::GgmlType;
 use specdec_kernels::matmul::{avx512, scalar};
 use specdec_kernels::quant::dequantize_row;
-use specdec_kernels::{
-    matmul, ActScratch, ActStyle, Isa, MatmulJob, PackedKind, PackedMatrix, Pool, QuantActs,
-};
+use specdec_kernels::{matmul, ActScratch, ActStyle, Isa, MatmulJob, PackedKind, PackedMatrix, Pool, QuantActs};
 
 struct Rng(u64);
 impl Rng {
@@ -41,9 +39,7 @@ fn random_matrix(ty: GgmlType, n: usize, k: usize, rng: &mut Rng) -> Vec<u8> {
             blk.copy_from_slice(&(rng.f() * 2.0 - 1.0).to_le_bytes());
         }
         for &o in f16_fields {
-            let v = f16::from_f32(
-                (0.001 + 0.02 * rng.f()) * if ty == GgmlType::F16 { 50.0 } else { 1.0 },
-            );
+            let v = f16::from_f32((0.001 + 0.02 * rng.f()) * if ty == GgmlType::F16 { 50.0 } else { 1.0 });
             blk[o..o + 2].copy_from_slice(&v.to_bits().to_le_bytes());
         }
     }
@@ -55,15 +51,7 @@ fn random_acts(m: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
 }
 
 /// Reference: dequantized weights x dequantized int8 activations, in f64.
-fn reference(
-    ty: GgmlType,
-    data: &[u8],
-    n: usize,
-    k: usize,
-    x: &[f32],
-    m: usize,
-    quantize: bool,
-) -> Vec<f64> {
+fn reference(ty: GgmlType, data: &[u8], n: usize, k: usize, x: &[f32], m: usize, quantize: bool) -> Vec<f64> {
     let style = match ty {
         GgmlType::Q4_K | GgmlType::Q6_K => ActStyle::Q8_K,
         _ => ActStyle::Q8_0,
@@ -72,12 +60,7 @@ fn reference(
     let row_bytes = k / blck as usize * bs as usize;
     let mut wf = vec![0f32; n * k];
     for r in 0..n {
-        dequantize_row(
-            ty,
-            &data[r * row_bytes..(r + 1) * row_bytes],
-            &mut wf[r * k..(r + 1) * k],
-        )
-        .unwrap();
+        dequantize_row(ty, &data[r * row_bytes..(r + 1) * row_bytes], &mut wf[r * k..(r + 1) * k]).unwrap();
     }
     let xa: Vec<f32> = if quantize {
         let mut qa = QuantActs::default();
@@ -89,22 +72,14 @@ fn reference(
     let mut out = vec![0f64; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] = (0..k)
-                .map(|t| xa[i * k + t] as f64 * wf[j * k + t] as f64)
-                .sum();
+            out[i * n + j] = (0..k).map(|t| xa[i * k + t] as f64 * wf[j * k + t] as f64).sum();
         }
     }
     out
 }
 
-const TYPES: [GgmlType; 6] = [
-    GgmlType::Q8_0,
-    GgmlType::Q5_0,
-    GgmlType::Q4_K,
-    GgmlType::Q6_K,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-];
+const TYPES: [GgmlType; 6] =
+    [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0, GgmlType::Q4_1];
 
 #[test]
 fn packed_kernels_match_dequantized_reference() {
@@ -121,25 +96,12 @@ fn packed_kernels_match_dequantized_reference() {
             let mut qa = ActScratch::default();
             for isa in isas() {
                 let mut out = vec![f32::NAN; m * n];
-                matmul(
-                    &pool,
-                    isa,
-                    &x,
-                    m,
-                    &mut qa,
-                    &mut [MatmulJob {
-                        w: &w,
-                        out: &mut out,
-                    }],
-                );
+                matmul(&pool, isa, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut out }]);
                 let scale = want.iter().fold(0f64, |a, v| a.max(v.abs()));
                 assert!(scale > 0.0);
                 for (i, (&g, &r)) in out.iter().zip(&want).enumerate() {
                     let err = (g as f64 - r).abs() / scale;
-                    assert!(
-                        err < 2e-5,
-                        "{ty} {isa:?} n={n} k={k} m={m} idx {i}: got {g}, want {r}"
-                    );
+                    assert!(err < 2e-5, "{ty} {isa:?} n={n} k={k} m={m} idx {i}: got {g}, want {r}");
                 }
             }
         }
@@ -171,28 +133,8 @@ fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
         let mut qa = ActScratch::default();
         let mut simd = vec![0f32; m * n];
         let mut sc = vec![0f32; m * n];
-        matmul(
-            &pool,
-            Isa::Avx512Vnni,
-            &x,
-            m,
-            &mut qa,
-            &mut [MatmulJob {
-                w: &w,
-                out: &mut simd,
-            }],
-        );
-        matmul(
-            &pool,
-            Isa::Scalar,
-            &x,
-            m,
-            &mut qa,
-            &mut [MatmulJob {
-                w: &w,
-                out: &mut sc,
-            }],
-        );
+        matmul(&pool, Isa::Avx512Vnni, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut simd }]);
+        matmul(&pool, Isa::Scalar, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut sc }]);
         assert_eq!(simd, sc, "{ty}: SIMD and scalar differ");
         // Each row alone gives the same bits as inside the 13-row pass.
         for r in 0..m {
@@ -203,16 +145,9 @@ fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
                 &x[r * k..(r + 1) * k],
                 1,
                 &mut qa,
-                &mut [MatmulJob {
-                    w: &w,
-                    out: &mut one,
-                }],
+                &mut [MatmulJob { w: &w, out: &mut one }],
             );
-            assert_eq!(
-                &one[..],
-                &simd[r * n..(r + 1) * n],
-                "{ty}: row {r} depends on the batch"
-            );
+            assert_eq!(&one[..], &simd[r * n..(r + 1) * n], "{ty}: row {r} depends on the batch");
         }
     }
 }
@@ -221,14 +156,7 @@ fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
 fn float_weights_use_the_exact_path() {
     let mut rng = Rng(777);
     let pool = Pool::new(2);
-    for ty in [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::Q5_1,
-        GgmlType::Q5_K,
-        GgmlType::Q2_K,
-        GgmlType::Q3_K,
-    ] {
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::Q5_1, GgmlType::Q5_K, GgmlType::Q2_K, GgmlType::Q3_K] {
         let (n, k, m) = (33, 256, 3);
         let data = random_matrix(ty, n, k, &mut rng);
         let w = PackedMatrix::from_gguf(ty, &data, n, k).unwrap();
@@ -239,29 +167,13 @@ fn float_weights_use_the_exact_path() {
         let mut results = vec![];
         for isa in isas() {
             let mut out = vec![0f32; m * n];
-            matmul(
-                &pool,
-                isa,
-                &x,
-                m,
-                &mut qa,
-                &mut [MatmulJob {
-                    w: &w,
-                    out: &mut out,
-                }],
-            );
+            matmul(&pool, isa, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut out }]);
             for (&g, &r) in out.iter().zip(&want) {
-                assert!(
-                    (g as f64 - r).abs() <= 1e-4 * r.abs().max(1.0),
-                    "{ty} {isa:?}: {g} vs {r}"
-                );
+                assert!((g as f64 - r).abs() <= 1e-4 * r.abs().max(1.0), "{ty} {isa:?}: {g} vs {r}");
             }
             results.push(out);
         }
-        assert!(
-            results.windows(2).all(|p| p[0] == p[1]),
-            "{ty}: ISAs disagree"
-        );
+        assert!(results.windows(2).all(|p| p[0] == p[1]), "{ty}: ISAs disagree");
     }
 }
 

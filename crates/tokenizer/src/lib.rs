@@ -51,10 +51,7 @@ pub enum TokenizerError {
 }
 
 fn meta_err(key: &str, problem: impl Into<String>) -> TokenizerError {
-    TokenizerError::Metadata {
-        key: key.to_string(),
-        problem: problem.into(),
-    }
+    TokenizerError::Metadata { key: key.to_string(), problem: problem.into() }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,11 +90,7 @@ impl Tokenizer {
             Some(a) => {
                 return Err(meta_err(
                     "tokenizer.ggml.tokens",
-                    format!(
-                        "expected a non-empty string array, found {} x {}",
-                        a.len(),
-                        a.type_name()
-                    ),
+                    format!("expected a non-empty string array, found {} x {}", a.len(), a.type_name()),
                 ))
             }
             None => return Err(meta_err("tokenizer.ggml.tokens", "missing")),
@@ -121,12 +114,8 @@ impl Tokenizer {
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| {
-                    TokenKind::from_i32(t).ok_or_else(|| {
-                        meta_err(
-                            "tokenizer.ggml.token_type",
-                            format!("token {i} has type {t}"),
-                        )
-                    })
+                    TokenKind::from_i32(t)
+                        .ok_or_else(|| meta_err("tokenizer.ggml.token_type", format!("token {i} has type {t}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
             Some(a) => {
@@ -144,10 +133,7 @@ impl Tokenizer {
             to_id.insert(t.clone(), i as TokenId);
             if kinds[i] == TokenKind::Byte {
                 let b = parse_byte_token(t).ok_or_else(|| {
-                    meta_err(
-                        "tokenizer.ggml.tokens",
-                        format!("byte token {i} has text {t:?}, expected <0xHH>"),
-                    )
+                    meta_err("tokenizer.ggml.tokens", format!("byte token {i} has text {t:?}, expected <0xHH>"))
                 })?;
                 byte_tokens[b as usize] = Some(i as TokenId);
             }
@@ -168,39 +154,22 @@ impl Tokenizer {
         let unk = id("tokenizer.ggml.unknown_token_id")?;
         id("tokenizer.ggml.padding_token_id")?;
         id("tokenizer.ggml.eot_token_id")?;
-        let flag =
-            |key: &str, default: bool| g.get(key).and_then(Value::as_bool).unwrap_or(default);
+        let flag = |key: &str, default: bool| g.get(key).and_then(Value::as_bool).unwrap_or(default);
         let add_bos = flag("tokenizer.ggml.add_bos_token", true);
         let add_eos = flag("tokenizer.ggml.add_eos_token", false);
         let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
         if add_bos && bos.is_none() {
-            return Err(meta_err(
-                "tokenizer.ggml.bos_token_id",
-                "add_bos_token is set but there is no BOS token",
-            ));
+            return Err(meta_err("tokenizer.ggml.bos_token_id", "add_bos_token is set but there is no BOS token"));
         }
         let mut specials: Vec<TokenId> = (0..n as TokenId)
             .filter(|&i| {
-                matches!(
-                    kinds[i as usize],
-                    TokenKind::Control | TokenKind::UserDefined | TokenKind::Unknown
-                ) && !tokens[i as usize].is_empty()
+                matches!(kinds[i as usize], TokenKind::Control | TokenKind::UserDefined | TokenKind::Unknown)
+                    && !tokens[i as usize].is_empty()
             })
             .collect();
-        specials.sort_by(|&a, &b| {
-            tokens[b as usize]
-                .len()
-                .cmp(&tokens[a as usize].len())
-                .then(a.cmp(&b))
-        });
+        specials.sort_by(|&a, &b| tokens[b as usize].len().cmp(&tokens[a as usize].len()).then(a.cmp(&b)));
         let mut eog: Vec<TokenId> = eos.into_iter().collect();
-        for name in [
-            "<end_of_turn>",
-            "<|eot_id|>",
-            "<|im_end|>",
-            "<|end_of_text|>",
-            "<｜end▁of▁sentence｜>",
-        ] {
+        for name in ["<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>"] {
             if let Some(&t) = to_id.get(name) {
                 if !eog.contains(&t) {
                     eog.push(t);
@@ -288,10 +257,7 @@ impl Tokenizer {
                 continue;
             }
             let pat = self.tokens[id as usize].as_str();
-            if !frags
-                .iter()
-                .any(|f| matches!(f, Fragment::Text(s) if s.contains(pat)))
-            {
+            if !frags.iter().any(|f| matches!(f, Fragment::Text(s) if s.contains(pat))) {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);
@@ -323,9 +289,7 @@ impl Tokenizer {
             return Vec::new();
         };
         match self.kinds[id as usize] {
-            TokenKind::Normal | TokenKind::UserDefined => {
-                text.replace('\u{2581}', " ").into_bytes()
-            }
+            TokenKind::Normal | TokenKind::UserDefined => text.replace('\u{2581}', " ").into_bytes(),
             TokenKind::Byte => parse_byte_token(text).map(|b| vec![b]).unwrap_or_default(),
             TokenKind::Unknown => "\u{2585}".as_bytes().to_vec(),
             TokenKind::Control | TokenKind::Unused => {
@@ -340,10 +304,7 @@ impl Tokenizer {
 
     /// Decodes a whole sequence (invalid UTF-8 becomes U+FFFD).
     pub fn decode(&self, ids: &[TokenId], special: bool) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .flat_map(|&t| self.token_bytes(t, special))
-            .collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&t| self.token_bytes(t, special)).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -356,12 +317,7 @@ enum Fragment<'a> {
 /// Strict `<0xHH>` grammar: exactly two hex digits.
 fn parse_byte_token(t: &str) -> Option<u8> {
     let b = t.as_bytes();
-    if b.len() == 6
-        && &b[..3] == b"<0x"
-        && b[5] == b'>'
-        && b[3].is_ascii_hexdigit()
-        && b[4].is_ascii_hexdigit()
-    {
+    if b.len() == 6 && &b[..3] == b"<0x" && b[5] == b'>' && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit() {
         u8::from_str_radix(&t[3..5], 16).ok()
     } else {
         None

@@ -36,9 +36,7 @@ impl PartialOrd for Bigram {
 impl Ord for Bigram {
     /// Max-heap order: higher score first, then smaller left index.
     fn cmp(&self, o: &Self) -> Ordering {
-        self.score
-            .total_cmp(&o.score)
-            .then_with(|| o.left.cmp(&self.left))
+        self.score.total_cmp(&o.score).then_with(|| o.left.cmp(&self.left))
     }
 }
 
@@ -114,11 +112,7 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<TokenId>) {
             None => {
                 for &byte in piece.as_bytes() {
                     if let Some(id) = tok.byte_tokens[byte as usize]
-                        .or_else(|| {
-                            tok.to_id
-                                .get(std::str::from_utf8(&[byte]).unwrap_or("\u{0}"))
-                                .copied()
-                        })
+                        .or_else(|| tok.to_id.get(std::str::from_utf8(&[byte]).unwrap_or("\u{0}")).copied())
                         .or(tok.unk)
                     {
                         out.push(id);

@@ -12,15 +12,9 @@ fn default_model() -> PathBuf {
     }
     let home = std::env::var("SPECDEC_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/specdec")
-        });
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/specdec"));
     let p = home.join("models/gemma-3-270m-q4_k_m.gguf");
-    assert!(
-        p.exists(),
-        "default model missing at {}: run scripts/fetch-model.sh",
-        p.display()
-    );
+    assert!(p.exists(), "default model missing at {}: run scripts/fetch-model.sh", p.display());
     p
 }
 
@@ -32,24 +26,14 @@ fn shared() -> PathBuf {
 fn matches_llama_cpp_on_every_reference_string() {
     let f = GgufFile::open(default_model()).unwrap();
     let tok = Tokenizer::from_gguf(&f.header).unwrap();
-    let text = std::fs::read_to_string(shared().join("reference/gemma-3-270m/tokenize-dev.jsonl"))
-        .unwrap();
+    let text = std::fs::read_to_string(shared().join("reference/gemma-3-270m/tokenize-dev.jsonl")).unwrap();
     let mut n = 0;
     let mut bad = vec![];
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let s = v["text"].as_str().unwrap();
-        let want: Vec<u32> = v["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        let got = tok.encode(
-            s,
-            v["add_bos"].as_bool().unwrap(),
-            v["parse_special"].as_bool().unwrap(),
-        );
+        let want: Vec<u32> = v["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let got = tok.encode(s, v["add_bos"].as_bool().unwrap(), v["parse_special"].as_bool().unwrap());
         if got != want {
             bad.push(format!("{s:?}\n  want {want:?}\n  got  {got:?}"));
         }
@@ -66,10 +50,5 @@ fn matches_llama_cpp_on_every_reference_string() {
         n += 1;
     }
     assert!(n >= 300, "only {n} reference lines");
-    assert!(
-        bad.is_empty(),
-        "{} of {n} differ:\n{}",
-        bad.len(),
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "{} of {n} differ:\n{}", bad.len(), bad.join("\n"));
 }

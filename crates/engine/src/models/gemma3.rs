@@ -9,9 +9,7 @@
 use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
-use specdec_kernels::ops::{
-    gelu, rmsnorm, rmsnorm_rows, rope_inv_freq, rope_neox, rope_table, round_f16,
-};
+use specdec_kernels::ops::{gelu, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
 use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{attend, isa, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
@@ -66,8 +64,8 @@ pub struct Gemma3 {
     layers: Vec<Layer>,
     out_norm: Vec<f32>,
     output: PackedMatrix,
-    inv_freq_local: Vec<f32>,
-    inv_freq_global: Vec<f32>,
+    rope_local: Rope,
+    rope_global: Rope,
     pool: Arc<Pool>,
     isa: Isa,
     weight_bytes: usize,
@@ -98,19 +96,14 @@ impl Gemma3 {
         if v_dim != head_dim || head_dim % 2 != 0 {
             return Err(EngineError::Metadata {
                 key: "gemma3.attention.value_length".into(),
-                problem: format!(
-                    "key length {head_dim} and value length {v_dim} must be equal and even"
-                ),
+                problem: format!("key length {head_dim} and value length {v_dim} must be equal and even"),
             });
         }
         let ctx = w.usize("context_length", 1..=1 << 24)?;
         let eps = w.f32_or("attention.layer_norm_rms_epsilon", 1e-6)?;
         let rope_base_global = w.f32_or("rope.freq_base", 1_000_000.0)?;
         let window = w.usize_or("attention.sliding_window", 1..=1 << 24, 512)?;
-        let final_softcap = w
-            .f32_or("final_logit_softcapping", 0.0)
-            .ok()
-            .filter(|&v| v > 0.0);
+        let final_softcap = w.f32_or("final_logit_softcapping", 0.0).ok().filter(|&v| v > 0.0);
         let embd = file
             .header
             .tensor("token_embd.weight")
@@ -164,18 +157,10 @@ impl Gemma3 {
         }
         progress(n_layers, n_layers + 1);
         let out_norm = w.vector("output_norm.weight", n_embd)?;
-        let out_name = if w.has("output.weight") {
-            "output.weight"
-        } else {
-            "token_embd.weight"
-        };
+        let out_name = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
         let output = w.matrix(out_name, n_vocab, n_embd)?;
         progress(n_layers + 1, n_layers + 1);
-        let mut weight_bytes = file
-            .header
-            .tensor(out_name)
-            .map(|t| t.n_bytes as usize)
-            .unwrap_or(0);
+        let mut weight_bytes = file.header.tensor(out_name).map(|t| t.n_bytes as usize).unwrap_or(0);
         weight_bytes += (embd.n_bytes / embd.dims[1]) as usize; // one embedding row
         for t in &file.header.tensors {
             if t.name.starts_with("blk.") {
@@ -183,8 +168,8 @@ impl Gemma3 {
             }
         }
         Ok(Gemma3 {
-            inv_freq_local: rope_inv_freq(head_dim, cfg.rope_base_local),
-            inv_freq_global: rope_inv_freq(head_dim, cfg.rope_base_global),
+            rope_local: Rope::new(head_dim, cfg.rope_base_local),
+            rope_global: Rope::new(head_dim, cfg.rope_base_global),
             cfg,
             file,
             embd,
@@ -202,15 +187,7 @@ impl Gemma3 {
     }
 
     /// Causal attention of `m` query rows (positions pos0..pos0+m) over the cache.
-    fn attention(
-        &self,
-        layer: usize,
-        cache: &KvCache,
-        q: &[f32],
-        m: usize,
-        pos0: usize,
-        out: &mut [f32],
-    ) {
+    fn attention(&self, layer: usize, cache: &KvCache, q: &[f32], m: usize, pos0: usize, out: &mut [f32]) {
         let c = &self.cfg;
         let (hd, nh) = (c.head_dim, c.n_head);
         let group = nh / c.n_head_kv;
@@ -228,32 +205,13 @@ impl Gemma3 {
             for task in (t..tasks).step_by(nt) {
                 let (i, h) = (task / nh, task % nh);
                 let pos = pos0 + i;
-                let start = if local {
-                    (pos + 1).saturating_sub(c.window)
-                } else {
-                    0
-                };
+                let start = if local { (pos + 1).saturating_sub(c.window) } else { 0 };
                 let qh = &q[i * nh * hd + h * hd..][..hd];
                 let kvh = (h / group) * hd;
-                attend(
-                    self.isa,
-                    qh,
-                    &kc[kvh..],
-                    &vc[kvh..],
-                    kv_dim,
-                    start,
-                    pos,
-                    &mut scores,
-                    &mut acc,
-                );
+                let (kh, vh) = (&kc[kvh..], &vc[kvh..]);
+                attend(self.isa, qh, kh, vh, kv_dim, start, pos, &mut scores, &mut acc);
                 // SAFETY: each (row, head) slice is written by exactly one task.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        acc.as_ptr(),
-                        out_ptr.get().add(i * nh * hd + h * hd),
-                        hd,
-                    )
-                };
+                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(i * nh * hd + h * hd), hd) };
             }
         });
     }
@@ -278,19 +236,10 @@ impl Model for Gemma3 {
         self.cfg.ctx
     }
     fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(
-            self.cfg.n_layers,
-            self.cfg.n_head_kv * self.cfg.head_dim,
-            capacity.min(self.cfg.ctx),
-        )
+        KvCache::new(self.cfg.n_layers, self.cfg.n_head_kv * self.cfg.head_dim, capacity.min(self.cfg.ctx))
     }
 
-    fn forward(
-        &self,
-        cache: &mut KvCache,
-        tokens: &[u32],
-        rows: LogitRows,
-    ) -> Result<Vec<f32>, EngineError> {
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
         let c = &self.cfg;
         let m = tokens.len();
         if m == 0 {
@@ -298,10 +247,7 @@ impl Model for Gemma3 {
         }
         let pos0 = cache.len();
         if pos0 + m > cache.capacity {
-            return Err(EngineError::ContextFull {
-                need: pos0 + m,
-                capacity: cache.capacity,
-            });
+            return Err(EngineError::ContextFull { need: pos0 + m, capacity: cache.capacity });
         }
         let (d, hd) = (c.n_embd, c.head_dim);
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
@@ -312,18 +258,11 @@ impl Model for Gemma3 {
         let embd = self.file.tensor_data(&self.embd);
         for (i, &t) in tokens.iter().enumerate() {
             if t as usize >= c.n_vocab {
-                return Err(EngineError::TokenOutOfRange {
-                    id: t,
-                    vocab: c.n_vocab,
-                });
+                return Err(EngineError::TokenOutOfRange { id: t, vocab: c.n_vocab });
             }
             let r = &mut x[i * d..(i + 1) * d];
-            dequantize_row(
-                self.embd.ty,
-                &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes],
-                r,
-            )
-            .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
+            dequantize_row(self.embd.ty, &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes], r)
+                .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
             let s = (d as f32).sqrt();
             r.iter_mut().for_each(|v| *v *= s);
         }
@@ -342,10 +281,10 @@ impl Model for Gemma3 {
         let (mut cos_l, mut sin_l, mut cos_g, mut sin_g) = (vec![], vec![], vec![], vec![]);
         let (mut tc, mut ts) = (vec![], vec![]);
         for i in 0..m {
-            rope_table(pos0 + i, &self.inv_freq_local, &mut tc, &mut ts);
+            rope_table(pos0 + i, &self.rope_local, &mut tc, &mut ts);
             cos_l.extend_from_slice(&tc);
             sin_l.extend_from_slice(&ts);
-            rope_table(pos0 + i, &self.inv_freq_global, &mut tc, &mut ts);
+            rope_table(pos0 + i, &self.rope_global, &mut tc, &mut ts);
             cos_g.extend_from_slice(&tc);
             sin_g.extend_from_slice(&ts);
         }
@@ -359,60 +298,30 @@ impl Model for Gemma3 {
                 m,
                 &mut qa,
                 &mut [
-                    MatmulJob {
-                        w: &l.wq,
-                        out: &mut q,
-                    },
-                    MatmulJob {
-                        w: &l.wk,
-                        out: &mut k,
-                    },
-                    MatmulJob {
-                        w: &l.wv,
-                        out: &mut v,
-                    },
+                    MatmulJob { w: &l.wq, out: &mut q },
+                    MatmulJob { w: &l.wk, out: &mut k },
+                    MatmulJob { w: &l.wv, out: &mut v },
                 ],
             );
-            let (cos, sin) = if c.is_local(li) {
-                (&cos_l, &sin_l)
-            } else {
-                (&cos_g, &sin_g)
-            };
+            let (cos, sin) = if c.is_local(li) { (&cos_l, &sin_l) } else { (&cos_g, &sin_g) };
             let half = hd / 2;
             for i in 0..m {
                 let pos = pos0 + i;
-                let (cs, sn) = (
-                    &cos[i * half..(i + 1) * half],
-                    &sin[i * half..(i + 1) * half],
-                );
+                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
                 for head in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
                     rmsnorm(head, &l.q_norm, c.eps);
                     rope_neox(head, cs, sn);
                     head.iter_mut().for_each(|v| *v *= c.attn_scale);
-                    // llama.cpp's attention reads Q, K and V in f16.
-                    round_f16(head);
                 }
                 for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
                     rmsnorm(head, &l.k_norm, c.eps);
                     rope_neox(head, cs, sn);
                 }
-                round_f16(&mut k[i * kv_dim..(i + 1) * kv_dim]);
-                round_f16(&mut v[i * kv_dim..(i + 1) * kv_dim]);
-                cache.k[li][pos * kv_dim..(pos + 1) * kv_dim]
-                    .copy_from_slice(&k[i * kv_dim..(i + 1) * kv_dim]);
-                cache.v[li][pos * kv_dim..(pos + 1) * kv_dim]
-                    .copy_from_slice(&v[i * kv_dim..(i + 1) * kv_dim]);
+                cache.k[li][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&k[i * kv_dim..(i + 1) * kv_dim]);
+                cache.v[li][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&v[i * kv_dim..(i + 1) * kv_dim]);
             }
             self.attention(li, cache, &q, m, pos0, &mut att);
-            self.mm(
-                &att,
-                m,
-                &mut qa,
-                &mut [MatmulJob {
-                    w: &l.wo,
-                    out: &mut o,
-                }],
-            );
+            self.mm(&att, m, &mut qa, &mut [MatmulJob { w: &l.wo, out: &mut o }]);
             rmsnorm_rows(&mut o, &l.post_attn_norm, c.eps);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
@@ -423,29 +332,10 @@ impl Model for Gemma3 {
                 &h,
                 m,
                 &mut qa,
-                &mut [
-                    MatmulJob {
-                        w: &l.gate,
-                        out: &mut gate,
-                    },
-                    MatmulJob {
-                        w: &l.up,
-                        out: &mut up,
-                    },
-                ],
+                &mut [MatmulJob { w: &l.gate, out: &mut gate }, MatmulJob { w: &l.up, out: &mut up }],
             );
-            gate.iter_mut()
-                .zip(&up)
-                .for_each(|(g, u)| *g = gelu(*g) * u);
-            self.mm(
-                &gate,
-                m,
-                &mut qa,
-                &mut [MatmulJob {
-                    w: &l.down,
-                    out: &mut o,
-                }],
-            );
+            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu(*g) * u);
+            self.mm(&gate, m, &mut qa, &mut [MatmulJob { w: &l.down, out: &mut o }]);
             rmsnorm_rows(&mut o, &l.post_ffn_norm, c.eps);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
@@ -459,15 +349,7 @@ impl Model for Gemma3 {
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let nr = m - first;
         let mut logits = vec![0f32; nr * c.n_vocab];
-        self.mm(
-            &xs,
-            nr,
-            &mut qa,
-            &mut [MatmulJob {
-                w: &self.output,
-                out: &mut logits,
-            }],
-        );
+        self.mm(&xs, nr, &mut qa, &mut [MatmulJob { w: &self.output, out: &mut logits }]);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
@@ -482,12 +364,7 @@ impl Model for Gemma3 {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| {
-                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
-                    .iter()
-                    .map(|w| w.bytes())
-                    .sum::<usize>()
-            })
+            .map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down].iter().map(|w| w.bytes()).sum::<usize>())
             .sum();
         layers + self.output.bytes()
     }

@@ -19,15 +19,10 @@ pub fn load(
         .header
         .get("general.architecture")
         .and_then(Value::as_str)
-        .ok_or_else(|| EngineError::Metadata {
-            key: "general.architecture".into(),
-            problem: "missing".into(),
-        })?
+        .ok_or_else(|| EngineError::Metadata { key: "general.architecture".into(), problem: "missing".into() })?
         .to_string();
     match arch.as_str() {
-        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(
-            file, pool, force_f32, progress,
-        )?)),
+        "gemma3" => Ok(Box::new(gemma3::Gemma3::load(file, pool, force_f32, progress)?)),
         other => Err(EngineError::UnsupportedArch(other.to_string())),
     }
 }

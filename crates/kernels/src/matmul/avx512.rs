@@ -31,14 +31,7 @@ pub fn available() -> bool {
 
 /// # Safety
 /// `available()` must be true; `out` must cover `a.m` rows of `ld >= w.n`.
-pub unsafe fn matmul_q(
-    w: &PackedMatrix,
-    a: &QuantActs,
-    g0: usize,
-    g1: usize,
-    out: *mut f32,
-    ld: usize,
-) {
+pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let kind = match w.kind {
         PackedKind::Q8S => K_Q8S,
         PackedKind::Q5S => K_Q5S,
@@ -84,16 +77,7 @@ unsafe fn bcast4(p: *const i8) -> __m512i {
 unsafe fn decode<const KIND: u8>(rec: *const u8) -> [__m512i; 8] {
     let ld = |o: usize| _mm512_loadu_si512(rec.add(o) as *const _);
     match KIND {
-        K_Q8S | K_Q6S => [
-            ld(0),
-            ld(64),
-            ld(128),
-            ld(192),
-            ld(256),
-            ld(320),
-            ld(384),
-            ld(448),
-        ],
+        K_Q8S | K_Q6S => [ld(0), ld(64), ld(128), ld(192), ld(256), ld(320), ld(384), ld(448)],
         _ => {
             let lo = _mm512_set1_epi8(0x0F);
             let n = [ld(0), ld(64), ld(128), ld(192)];
@@ -197,8 +181,8 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                     for i in 0..MT {
                         let r = r0 + i;
                         let da = *a.d.get_unchecked(r * nb + b);
-                        let asum = *a.sum16.get_unchecked(r * 2 * nb + 2 * b)
-                            + *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
+                        let asum =
+                            *a.sum16.get_unchecked(r * 2 * nb + 2 * b) + *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
                         let mut tot = _mm512_add_epi32(ai[i], _mm512_set1_epi32(-c * asum));
                         if split {
                             tot = _mm512_add_epi32(tot, ai2[i]);
@@ -213,13 +197,9 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                     for i in 0..MT {
                         let r = r0 + i;
                         let da = *a.d.get_unchecked(r * nb + b);
-                        let asum = *a.sum16.get_unchecked(r * 2 * nb + 2 * b)
-                            + *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
-                        let tot = if split {
-                            _mm512_add_epi32(ai[i], ai2[i])
-                        } else {
-                            ai[i]
-                        };
+                        let asum =
+                            *a.sum16.get_unchecked(r * 2 * nb + 2 * b) + *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
+                        let tot = if split { _mm512_add_epi32(ai[i], ai2[i]) } else { ai[i] };
                         let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), sda, acc[i]);
                         acc[i] = _mm512_fnmadd_ps(m, _mm512_set1_ps(da * asum as f32), acc[i]);
@@ -235,21 +215,15 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                         let s1 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
                         let t0 = _mm512_add_epi32(ai[i], _mm512_set1_epi32(-c * s0));
                         let t1 = _mm512_add_epi32(ai2[i], _mm512_set1_epi32(-c * s1));
-                        acc[i] =
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), _mm512_mul_ps(s0v, da), acc[i]);
-                        acc[i] =
-                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), _mm512_mul_ps(s1v, da), acc[i]);
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), _mm512_mul_ps(s0v, da), acc[i]);
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), _mm512_mul_ps(s1v, da), acc[i]);
                     }
                 }
             }
         }
         let col = g * 16;
         let valid = (w.n - col).min(16);
-        let mask: __mmask16 = if valid == 16 {
-            0xFFFF
-        } else {
-            (1u16 << valid) - 1
-        };
+        let mask: __mmask16 = if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 };
         for (i, acc) in acc.iter().enumerate() {
             _mm512_mask_storeu_ps(out.add((r0 + i) * ld + col), mask, *acc);
         }
@@ -275,11 +249,7 @@ pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = _mm512_setzero_ps();
     let mut i = 0;
     while i + 16 <= n {
-        acc = _mm512_fmadd_ps(
-            _mm512_loadu_ps(x.as_ptr().add(i)),
-            _mm512_loadu_ps(y.as_ptr().add(i)),
-            acc,
-        );
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(y.as_ptr().add(i)), acc);
         i += 16;
     }
     if i < n {
@@ -293,15 +263,7 @@ pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
 
 /// # Safety
 /// `available()` must be true; `out` must cover `m` rows of `ld >= w.n`.
-pub unsafe fn matmul_f32(
-    w: &PackedMatrix,
-    x: &[f32],
-    m: usize,
-    g0: usize,
-    g1: usize,
-    out: *mut f32,
-    ld: usize,
-) {
+pub unsafe fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let k = w.k;
     for col in g0 * 16..(g1 * 16).min(w.n) {
         let wr = &w.f[col * k..(col + 1) * k];
@@ -319,10 +281,7 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     let mut i = 0;
     while i + 16 <= n {
         let yp = y.as_mut_ptr().add(i);
-        _mm512_storeu_ps(
-            yp,
-            _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(yp)),
-        );
+        _mm512_storeu_ps(yp, _mm512_fmadd_ps(av, _mm512_loadu_ps(x.as_ptr().add(i)), _mm512_loadu_ps(yp)));
         i += 16;
     }
     while i < n {

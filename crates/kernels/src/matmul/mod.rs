@@ -51,20 +51,10 @@ unsafe impl Sync for SendPtr {}
 
 /// Runs every job on the same activations in one parallel region.
 /// `x` is m rows of k; `scratch` holds its quantized forms.
-pub fn matmul(
-    pool: &Pool,
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    scratch: &mut ActScratch,
-    jobs: &mut [MatmulJob],
-) {
+pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScratch, jobs: &mut [MatmulJob]) {
     let k = jobs.first().map(|j| j.w.k).unwrap_or(0);
     assert_eq!(x.len(), m * k, "activations are not {m}x{k}");
-    let needs = |style| {
-        jobs.iter()
-            .any(|j| j.w.kind != PackedKind::F32 && j.w.act_style() == style)
-    };
+    let needs = |style| jobs.iter().any(|j| j.w.kind != PackedKind::F32 && j.w.act_style() == style);
     if needs(ActStyle::Q8_0) {
         scratch.q8_0.quantize(x, m, k, ActStyle::Q8_0);
     }
@@ -111,9 +101,7 @@ fn run_range(
     match (isa, w.kind) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx512Vnni is only chosen when available; out covers m x ld.
-        (Isa::Avx512Vnni, PackedKind::F32) => unsafe {
-            avx512::matmul_f32(w, x, m, g0, g1, out, ld)
-        },
+        (Isa::Avx512Vnni, PackedKind::F32) => unsafe { avx512::matmul_f32(w, x, m, g0, g1, out, ld) },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512Vnni, _) => unsafe { avx512::matmul_q(w, qa, g0, g1, out, ld) },
         // SAFETY: out covers m x ld (checked in `matmul`).
@@ -169,8 +157,7 @@ pub fn attend(
         _ => {
             let hd = q.len();
             scores.clear();
-            scores
-                .extend((start..=end).map(|j| scalar::dot_f32(q, &k[j * stride..j * stride + hd])));
+            scores.extend((start..=end).map(|j| scalar::dot_f32(q, &k[j * stride..j * stride + hd])));
             let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let mut sum = 0f32;
             for s in scores.iter_mut() {

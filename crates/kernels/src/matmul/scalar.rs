@@ -40,14 +40,7 @@ pub(crate) fn unpack(kind: PackedKind, rec: &[u8], lane: usize, i: usize) -> u8 
 ///
 /// # Safety
 /// `out` must cover `a.m` rows of `ld >= w.n` floats.
-pub unsafe fn matmul_q(
-    w: &PackedMatrix,
-    a: &QuantActs,
-    g0: usize,
-    g1: usize,
-    out: *mut f32,
-    ld: usize,
-) {
+pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let nb = w.blocks();
     let rb = w.kind.record_bytes();
     let c = w.kind.offset();
@@ -66,9 +59,7 @@ pub unsafe fn matmul_q(
                     let da = a.d[r * nb + b];
                     let s16 = &a.sum16[r * 2 * nb + 2 * b..r * 2 * nb + 2 * b + 2];
                     let dot = |lo: usize, hi: usize| -> i32 {
-                        (lo..hi)
-                            .map(|i| unpack(w.kind, rec, lane, i) as i32 * qa[b * 32 + i] as i32)
-                            .sum()
+                        (lo..hi).map(|i| unpack(w.kind, rec, lane, i) as i32 * qa[b * 32 + i] as i32).sum()
                     };
                     match w.kind {
                         PackedKind::Q8S | PackedKind::Q5S => {
@@ -130,15 +121,7 @@ pub fn reduce16(l: &[f32; 16]) -> f32 {
 
 /// # Safety
 /// `out` must cover `m` rows of `ld >= w.n` floats.
-pub unsafe fn matmul_f32(
-    w: &PackedMatrix,
-    x: &[f32],
-    m: usize,
-    g0: usize,
-    g1: usize,
-    out: *mut f32,
-    ld: usize,
-) {
+pub unsafe fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let k = w.k;
     for r in 0..m {
         let xr = &x[r * k..(r + 1) * k];

@@ -1,0 +1,136 @@
+//! The `specdec` binary as a user meets it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_specdec"))
+}
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("specdec-cli-{}-{name}", std::process::id()))
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let o = bin().args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tokenize_jsonl_matches_llama_cpp() {
+    let f = shared().join("reference/gemma-3-270m/tokenize-dev.jsonl");
+    let (ok, out, err) = run(&["tokenize", "--input-jsonl", f.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let want: Vec<Value> =
+        std::fs::read_to_string(&f).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["ids"], w["ids"], "{}", w["text"]);
+    }
+}
+
+#[test]
+fn generate_json_plain_and_speculative_agree() {
+    let f = tmp("prompts.jsonl");
+    std::fs::write(&f, "{\"prompt\": \"The capital of France is\"}\n{\"prompt\": \"1, 2, 3, 4, 5,\"}\n").unwrap();
+    let mut outs = vec![];
+    for d in ["none", "ngram", "suffix"] {
+        let (ok, out, err) =
+            run(&["generate", "--input-jsonl", f.to_str().unwrap(), "-n", "24", "--json", "--drafter", d]);
+        assert!(ok, "{err}");
+        let objs: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(objs.len(), 2);
+        for o in &objs {
+            assert!(o["prompt_ids"].as_array().unwrap().len() > 1);
+            assert!(o["text"].is_string());
+            for k in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
+                assert!(o["stats"][k].as_f64().unwrap() > 0.0, "{k}");
+            }
+            if d != "none" {
+                for k in ["num_drafts", "num_draft_tokens", "num_accepted_tokens", "mean_acceptance_length"] {
+                    assert!(o["stats"][k].is_number(), "{k} missing");
+                }
+            }
+        }
+        outs.push(objs.iter().map(|o| o["output_ids"].clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(outs[0], outs[1], "ngram changed the output");
+    assert_eq!(outs[0], outs[2], "suffix changed the output");
+    let _ = std::fs::remove_file(f);
+}
+
+#[test]
+fn clear_errors_for_bad_input() {
+    let (ok, _, err) = run(&["generate", "--model", "/nonexistent.gguf", "--prompt", "x"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let junk = tmp("junk.gguf");
+    std::fs::write(&junk, b"not a gguf file at all").unwrap();
+    let (ok, _, err) = run(&["inspect", "--model", junk.to_str().unwrap()]);
+    assert!(!ok && err.contains("magic"), "{err}");
+    let (ok, _, err) = run(&["generate", "--prompt", "x", "--drafter", "bogus"]);
+    assert!(!ok && err.contains("unknown drafter"), "{err}");
+    let (ok, _, err) = run(&["generate", "--prompt", "x", "--temperature=-1"]);
+    assert!(!ok && err.contains("temperature"), "{err}");
+    // A draft model with another vocabulary is refused with a reason.
+    let tiny = tmp("tiny.gguf");
+    std::fs::write(&tiny, specdec_engine::fixtures::tiny_gemma3(1, &|_, _| {})).unwrap();
+    let d = format!("model:{}", tiny.display());
+    let (ok, _, err) = run(&["generate", "--prompt", "x", "--drafter", &d]);
+    assert!(!ok && err.contains("cannot draft for this target"), "{err}");
+    let _ = std::fs::remove_file(junk);
+    let _ = std::fs::remove_file(tiny);
+}
+
+#[test]
+fn bench_writes_json_markdown_and_chart() {
+    let f = tmp("bench.jsonl");
+    std::fs::write(
+        &f,
+        "{\"question_id\": 1, \"category\": \"copy\", \"turns\": [\"a b c d a b c d a b c d a b\"]}\n\
+         {\"question_id\": 2, \"category\": \"open\", \"turns\": [\"Once upon a time\"]}\n",
+    )
+    .unwrap();
+    let (j, md, svg) = (tmp("b.json"), tmp("b.md"), tmp("b.svg"));
+    let (ok, out, err) = run(&[
+        "bench",
+        "--prompts",
+        f.to_str().unwrap(),
+        "--drafter",
+        "ngram",
+        "--max-tokens",
+        "16",
+        "--json",
+        j.to_str().unwrap(),
+        "--markdown",
+        md.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("identical"), "{out}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let prompts = v["prompts"].as_array().unwrap();
+    assert_eq!(prompts.len(), 2);
+    for p in prompts {
+        for k in ["question_id", "category", "plain_s", "spec_s", "identical", "n_tokens", "mean_accepted_length"] {
+            assert!(!p[k].is_null(), "{k}");
+        }
+        assert_eq!(p["identical"], Value::Bool(true));
+    }
+    assert!(std::fs::read_to_string(&md).unwrap().contains("| copy |"));
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+    for p in [f, j, md, svg] {
+        let _ = std::fs::remove_file(p);
+    }
+}

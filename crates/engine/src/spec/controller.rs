@@ -1,0 +1,162 @@
+//! Adaptive draft length.
+//!
+//! Picks k to maximise expected emitted tokens per second:
+//!
+//!   E(k) = 1 + sum_{i=1..k} prod_{j<=i} a_j      (tokens per verify step)
+//!   T(k) = target pass over k+1 rows + k * draft cost per token
+//!
+//! where a_j is the observed probability that position j is accepted given
+//! j-1 was (an exponential moving average), and T is learned online from the
+//! measured pass times. k = 0 (plain decoding) wins when speculation does not
+//! pay; then a full draft is still tried every `probe_every` steps so the
+//! estimates can recover when the text becomes predictable.
+
+#[derive(Clone, Debug)]
+pub struct Controller {
+    pub max_k: usize,
+    /// Fixed k (no adaptation) when set.
+    pub fixed_k: Option<usize>,
+    /// Draft tokens with confidence below this are dropped.
+    pub min_confidence: f32,
+    pub probe_every: usize,
+    accept: Vec<f64>,
+    /// EMA of seconds for a target pass of n rows, index n (0 unused).
+    pass_secs: Vec<Option<f64>>,
+    draft_secs_per_token: f64,
+    skipped: usize,
+}
+
+const ALPHA: f64 = 0.15;
+/// Prior relative cost of each extra verified row when nothing is measured.
+const PRIOR_ROW_COST: f64 = 0.08;
+
+impl Controller {
+    pub fn new(max_k: usize) -> Controller {
+        Controller {
+            max_k,
+            fixed_k: None,
+            min_confidence: 0.0,
+            probe_every: 8,
+            accept: vec![0.6; max_k + 1],
+            pass_secs: vec![None; max_k + 2],
+            draft_secs_per_token: 0.0,
+            skipped: 0,
+        }
+    }
+
+    pub fn fixed(k: usize) -> Controller {
+        let mut c = Controller::new(k);
+        c.fixed_k = Some(k);
+        c
+    }
+
+    /// Seconds of a target pass over `n` rows (measured, or estimated from
+    /// the nearest measurement with the prior slope).
+    pub fn pass_cost(&self, n: usize) -> f64 {
+        if let Some(Some(s)) = self.pass_secs.get(n) {
+            return *s;
+        }
+        let (m, s) = self
+            .pass_secs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.map(|s| (i, s)))
+            .min_by_key(|(i, _)| i.abs_diff(n))
+            .unwrap_or((1, 1.0));
+        s * (1.0 + PRIOR_ROW_COST * n as f64) / (1.0 + PRIOR_ROW_COST * m as f64)
+    }
+
+    fn expected_tokens(&self, k: usize) -> f64 {
+        let mut e = 1.0;
+        let mut run = 1.0;
+        for j in 1..=k {
+            run *= self.accept[j.min(self.max_k)];
+            e += run;
+        }
+        e
+    }
+
+    /// Tokens per second of verifying a k-token draft.
+    pub fn rate(&self, k: usize) -> f64 {
+        self.expected_tokens(k) / (self.pass_cost(k + 1) + k as f64 * self.draft_secs_per_token)
+    }
+
+    /// How many tokens to ask the drafter for.
+    pub fn draft_budget(&self) -> usize {
+        self.fixed_k.unwrap_or(self.max_k)
+    }
+
+    /// Trims a proposed draft length to the best k (0 = decode plainly).
+    pub fn choose(&mut self, confidence: &[f32]) -> usize {
+        let mut avail = confidence.len().min(self.max_k);
+        if let Some(k) = self.fixed_k {
+            return avail.min(k);
+        }
+        if let Some(cut) = confidence.iter().position(|&c| c < self.min_confidence) {
+            avail = avail.min(cut);
+        }
+        let best = (0..=avail).max_by(|&a, &b| self.rate(a).total_cmp(&self.rate(b))).unwrap_or(0);
+        if best == 0 && avail > 0 {
+            self.skipped += 1;
+            if self.skipped >= self.probe_every {
+                self.skipped = 0;
+                return avail;
+            }
+        }
+        best
+    }
+
+    /// Records a verify step: `k` drafted, `accepted` of them accepted, the
+    /// target pass over k+1 rows took `secs`.
+    pub fn observe(&mut self, k: usize, accepted: usize, secs: f64) {
+        let n = k + 1;
+        if n < self.pass_secs.len() {
+            let e = &mut self.pass_secs[n];
+            *e = Some(e.map_or(secs, |v| v + ALPHA * (secs - v)));
+        }
+        for j in 1..=k.min(accepted + 1).min(self.max_k) {
+            let hit = if j <= accepted { 1.0 } else { 0.0 };
+            self.accept[j] += ALPHA * (hit - self.accept[j]);
+        }
+    }
+
+    /// Records the time a drafter took to propose `tokens` tokens.
+    pub fn observe_draft(&mut self, tokens: usize, secs: f64) {
+        if tokens > 0 {
+            let per = secs / tokens as f64;
+            self.draft_secs_per_token += ALPHA * (per - self.draft_secs_per_token);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backs_off_when_nothing_is_accepted_and_probes_again() {
+        let mut c = Controller::new(8);
+        for _ in 0..50 {
+            c.observe(1, 0, 0.010);
+            c.observe(0, 0, 0.009);
+        }
+        let conf = vec![1.0; 8];
+        let choices: Vec<usize> = (0..16).map(|_| c.choose(&conf)).collect();
+        assert!(choices.iter().filter(|&&k| k == 0).count() >= 14, "{choices:?}");
+        assert!(choices.contains(&8), "a probe should happen: {choices:?}");
+    }
+
+    #[test]
+    fn drafts_long_when_everything_is_accepted_and_verify_is_cheap() {
+        let mut c = Controller::new(8);
+        for k in 0..=8 {
+            for _ in 0..20 {
+                c.observe(k, k, 0.010 + 0.0005 * k as f64);
+            }
+        }
+        assert_eq!(c.choose(&[1.0; 8]), 8);
+        // Fixed k ignores the estimates.
+        let mut f = Controller::fixed(3);
+        assert_eq!(f.choose(&[1.0; 8]), 3);
+    }
+}

@@ -1,0 +1,47 @@
+//! The drafter interface.
+
+/// A proposal of up to k tokens.
+#[derive(Clone, Debug, Default)]
+pub struct Draft {
+    pub tokens: Vec<u32>,
+    /// Sampled drafts carry the draft distribution q each token was drawn
+    /// from, as (token, probability) pairs; deterministic drafts leave it empty.
+    pub q: Vec<Vec<(u32, f32)>>,
+    /// The drafter's confidence in each token (0..1), for the controller.
+    pub confidence: Vec<f32>,
+}
+
+impl Draft {
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    /// Keeps the first `n` tokens.
+    pub fn truncate(&mut self, n: usize) {
+        self.tokens.truncate(n);
+        self.q.truncate(n);
+        self.confidence.truncate(n);
+    }
+}
+
+/// Proposes continuations of a token sequence.
+///
+/// Call order per request: `begin(prompt)`, then repeatedly `propose(context,
+/// k)` and `accept(new_tokens)` with the tokens the verifier emitted (accepted
+/// draft tokens plus the bonus), then `end()`.
+pub trait Drafter {
+    fn name(&self) -> String;
+    fn begin(&mut self, prompt: &[u32]);
+    /// Up to `k` tokens continuing `context` (prompt + output so far).
+    fn propose(&mut self, context: &[u32], k: usize) -> Draft;
+    /// Tokens appended to the context since the last call.
+    fn accept(&mut self, new_tokens: &[u32]);
+    /// End of the request (drafters with history keep what they learned).
+    fn end(&mut self) {}
+    /// Whether `propose` samples (and fills `Draft::q`).
+    fn is_sampled(&self) -> bool {
+        false
+    }
+}

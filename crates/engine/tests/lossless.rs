@@ -1,0 +1,82 @@
+//! The lossless contract: speculative output equals plain output token for
+//! token, for every drafter (including ones that are always wrong or hostile),
+//! greedy and seeded sampling, on a tiny model and on the default model.
+
+mod common;
+
+use specdec_engine::generate::generate;
+use specdec_engine::sampler::SamplingParams;
+use specdec_engine::spec::model_drafter::ModelDrafter;
+use specdec_engine::spec::ngram::NgramDrafter;
+use specdec_engine::spec::suffix::SuffixDrafter;
+use specdec_engine::spec::testing::{AdversarialDrafter, OracleDrafter, RandomDrafter};
+use specdec_engine::spec::{generate_spec, Controller, Drafter};
+use specdec_engine::{Loaded, Model};
+
+fn plain(m: &dyn Model, prompt: &[u32], n: usize, p: &SamplingParams, eog: &dyn Fn(u32) -> bool) -> Vec<u32> {
+    generate(m, prompt, n, p, eog, &mut |_| {}).unwrap().tokens
+}
+
+fn drafters(l: &Loaded, reference: &[u32], draft_model: Option<Box<dyn Model>>) -> Vec<Box<dyn Drafter>> {
+    let v = l.model.vocab_size() as u32;
+    let eos = l.tokenizer.eos.unwrap_or(1);
+    let mut d: Vec<Box<dyn Drafter>> = vec![
+        Box::new(NgramDrafter::default()),
+        Box::new(SuffixDrafter::default()),
+        Box::new(RandomDrafter::new(v, 3)),
+        Box::new(OracleDrafter::new(reference.to_vec())),
+        Box::new(AdversarialDrafter::new(eos, v)),
+    ];
+    if let Some(m) = draft_model {
+        d.push(Box::new(ModelDrafter::new(m, SamplingParams::default(), 512, "draft".into())));
+    }
+    d
+}
+
+fn check(
+    l: &Loaded,
+    prompts: &[Vec<u32>],
+    n: usize,
+    params: &SamplingParams,
+    draft_model: &dyn Fn() -> Option<Box<dyn Model>>,
+) {
+    let m = l.model.as_ref();
+    let eog = |t: u32| l.tokenizer.is_eog(t);
+    for prompt in prompts {
+        let want = plain(m, prompt, n, params, &eog);
+        for mut d in drafters(l, &want, draft_model()) {
+            for ctl in [Controller::fixed(4), Controller::new(8)] {
+                let mut ctl = ctl;
+                let got = generate_spec(m, d.as_mut(), &mut ctl, prompt, n, params, &eog, &mut |_| {}).unwrap();
+                assert_eq!(got.tokens, want, "drafter {} (fixed k {:?}) changed the output", d.name(), ctl.fixed_k);
+                if d.name() == "oracle" && ctl.fixed_k.is_some() && want.len() > 8 {
+                    assert!(got.spec.num_accepted_tokens > 0, "oracle drafts were never accepted");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_model_greedy_and_sampled_are_lossless() {
+    let bytes = common::tiny_gemma3(11, &|_, _| {});
+    let l = common::load_bytes(&bytes).unwrap();
+    let draft = || Some(common::load_bytes(&common::tiny_gemma3(12, &|_, _| {})).unwrap().model);
+    let prompts: Vec<Vec<u32>> =
+        vec![vec![2, 266, 267, 266, 267, 266], vec![2, 100, 101, 102, 100, 101], (2..30).collect()];
+    check(&l, &prompts, 40, &SamplingParams::default(), &draft);
+    let sampled =
+        SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, repeat_penalty: 1.1, seed: 5, ..Default::default() };
+    check(&l, &prompts, 40, &sampled, &|| None);
+}
+
+#[test]
+fn default_model_greedy_is_lossless() {
+    let l = common::load_default();
+    let texts = [
+        "The capital of France is Paris. The capital of France is",
+        "def fib(n):\n    if n < 2:\n        return n\n    return",
+    ];
+    let prompts: Vec<Vec<u32>> = texts.iter().map(|t| l.tokenizer.encode(t, true, false)).collect();
+    check(&l, &prompts, 24, &SamplingParams::default(), &|| None);
+}
