@@ -47,18 +47,25 @@ impl QuantActs {
         self.qs.resize(m * k, 0);
         self.d.resize(m * k / 32, 0.0);
         self.sum16.resize(m * k / 16, 0);
+        let simd = crate::matmul::isa() == crate::matmul::Isa::Avx512Vnni;
         for (i, xb) in x.chunks_exact(blk).enumerate() {
             let q = &mut self.qs[i * blk..(i + 1) * blk];
+            let s16 = &mut self.sum16[i * blk / 16..(i + 1) * blk / 16];
             let d = match style {
                 ActStyle::Q8_0 => {
-                    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-                    for (qv, &v) in q.iter_mut().zip(xb) {
-                        *qv = nearest(v * id) as i8;
-                    }
+                    #[cfg(target_arch = "x86_64")]
+                    let amax = if simd {
+                        // SAFETY: the ISA check covers AVX-512 F/BW/DQ.
+                        unsafe { crate::matmul::avx512::quantize_block_q8_0(xb, q, s16) }
+                    } else {
+                        quantize_q8_0_scalar(xb, q, s16)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let amax = quantize_q8_0_scalar(xb, q, s16);
                     f16::from_f32(amax / 127.0).to_f32()
                 }
                 ActStyle::Q8_K => {
+                    // The signed value of largest magnitude (first one on ties).
                     let (mut amax, mut max) = (0f32, 0f32);
                     for &v in xb {
                         if v.abs() > amax {
@@ -68,21 +75,46 @@ impl QuantActs {
                     }
                     if amax == 0.0 {
                         q.fill(0);
+                        s16.fill(0);
                         0.0
                     } else {
                         let iscale = -127.0 / max;
-                        for (qv, &v) in q.iter_mut().zip(xb) {
-                            *qv = nearest(iscale * v).min(127.0) as i8;
+                        #[cfg(target_arch = "x86_64")]
+                        if simd {
+                            // SAFETY: as above.
+                            unsafe { crate::matmul::avx512::quantize_block_q8_k(xb, iscale, q, s16) };
+                        } else {
+                            quantize_q8_k_scalar(xb, iscale, q, s16);
                         }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        quantize_q8_k_scalar(xb, iscale, q, s16);
                         1.0 / iscale
                     }
                 }
             };
             self.d[i * blk / 32..(i + 1) * blk / 32].fill(d);
-            for (h, s) in q.chunks_exact(16).zip(self.sum16[i * blk / 16..(i + 1) * blk / 16].iter_mut()) {
-                *s = h.iter().map(|&v| v as i32).sum();
-            }
         }
+    }
+}
+
+fn quantize_q8_0_scalar(xb: &[f32], q: &mut [i8], s16: &mut [i32]) -> f32 {
+    let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (qv, &v) in q.iter_mut().zip(xb) {
+        *qv = nearest(v * id) as i8;
+    }
+    for (h, s) in q.chunks_exact(16).zip(s16.iter_mut()) {
+        *s = h.iter().map(|&v| v as i32).sum();
+    }
+    amax
+}
+
+fn quantize_q8_k_scalar(xb: &[f32], iscale: f32, q: &mut [i8], s16: &mut [i32]) {
+    for (qv, &v) in q.iter_mut().zip(xb) {
+        *qv = nearest(iscale * v).min(127.0) as i8;
+    }
+    for (h, s) in q.chunks_exact(16).zip(s16.iter_mut()) {
+        *s = h.iter().map(|&v| v as i32).sum();
     }
 }
 
@@ -91,4 +123,59 @@ impl QuantActs {
 pub struct ActScratch {
     pub q8_0: QuantActs,
     pub q8_k: QuantActs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 7.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_quantization_equals_scalar() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::matmul::avx512::available() {
+            for seed in 0..20 {
+                let mut x = data(256, seed);
+                if seed == 3 {
+                    x[7] = 0.0;
+                    x.iter_mut().take(32).for_each(|v| *v = 0.0);
+                }
+                let (mut q1, mut q2) = (vec![0i8; 32], vec![0i8; 32]);
+                let (mut s1, mut s2) = (vec![0; 2], vec![0; 2]);
+                let a1 = quantize_q8_0_scalar(&x[..32], &mut q1, &mut s1);
+                let a2 = unsafe { crate::matmul::avx512::quantize_block_q8_0(&x[..32], &mut q2, &mut s2) };
+                assert_eq!((a1, &q1, &s1), (a2, &q2, &s2));
+                let (mut k1, mut k2) = (vec![0i8; 256], vec![0i8; 256]);
+                let (mut t1, mut t2) = (vec![0; 16], vec![0; 16]);
+                quantize_q8_k_scalar(&x, -127.0 / 3.3, &mut k1, &mut t1);
+                unsafe { crate::matmul::avx512::quantize_block_q8_k(&x, -127.0 / 3.3, &mut k2, &mut t2) };
+                assert_eq!((&k1, &t1), (&k2, &t2));
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_values_reconstruct_the_input() {
+        let x = data(512, 9);
+        for style in [ActStyle::Q8_0, ActStyle::Q8_K] {
+            let mut q = QuantActs::default();
+            q.quantize(&x, 2, 256, style);
+            for (i, &v) in x.iter().enumerate() {
+                let r = q.qs[i] as f32 * q.d[i / 32];
+                assert!((r - v).abs() <= 3.5 / 127.0 * 1.01, "{style:?} {i}: {r} vs {v}");
+            }
+            for (j, s) in q.sum16.iter().enumerate() {
+                assert_eq!(*s, q.qs[j * 16..j * 16 + 16].iter().map(|&v| v as i32).sum::<i32>());
+            }
+        }
+    }
 }

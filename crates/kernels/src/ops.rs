@@ -46,7 +46,26 @@ fn gelu_table() -> &'static [u16] {
     T.get_or_init(|| (0..=u16::MAX).map(|b| f16::from_f32(gelu_exact(f16::from_bits(b).to_f32())).to_bits()).collect())
 }
 
-/// f32 -> f16 bits, round to nearest even (no F16C needed).
+/// The GELU table as f32 values (for gathers).
+pub fn gelu_table_f32() -> &'static [f32] {
+    static T: OnceLock<Vec<f32>> = OnceLock::new();
+    T.get_or_init(|| gelu_table().iter().map(|&b| f16::from_bits(b).to_f32()).collect())
+}
+
+/// g = gelu(g) * u over whole rows (the gated FFN activation).
+pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::matmul::isa() == crate::matmul::Isa::Avx512Vnni {
+        // SAFETY: the ISA check covers AVX-512F and F16C.
+        unsafe { crate::matmul::avx512::gelu_mul(g, u, gelu_table_f32()) };
+        return;
+    }
+    for (a, &b) in g.iter_mut().zip(u) {
+        *a = gelu(*a) * b;
+    }
+}
+
+/// f32 -> f16 bits, round to nearest even.
 #[inline]
 pub fn f32_to_f16_bits(x: f32) -> u16 {
     f16::from_f32(x).to_bits()
@@ -115,5 +134,46 @@ pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
         let (a, b) = (lo[i], hi[i]);
         lo[i] = a * cos[i] - b * sin[i];
         hi[i] = a * sin[i] + b * cos[i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_table_tracks_the_formula_and_simd_matches_scalar() {
+        let xs: Vec<f32> = (0..2000).map(|i| (i as f32 - 1000.0) * 0.013).chain([-12.0, 11.0, -10.0, 10.0]).collect();
+        for &x in &xs {
+            assert!((gelu(x) - gelu_exact(x)).abs() <= 2e-3 * (1.0 + x.abs()), "{x}");
+        }
+        let u: Vec<f32> = xs.iter().map(|v| 0.5 - v * 0.1).collect();
+        let mut g = xs.clone();
+        gelu_mul(&mut g, &u);
+        for ((&x, &uu), &r) in xs.iter().zip(&u).zip(&g) {
+            assert_eq!(r, gelu(x) * uu, "{x}");
+        }
+    }
+
+    #[test]
+    fn rmsnorm_and_rope_are_correct() {
+        let mut x = vec![3.0f32, 4.0];
+        rmsnorm(&mut x, &[1.0, 2.0], 0.0);
+        let r = (12.5f32).sqrt();
+        assert!((x[0] - 3.0 / r).abs() < 1e-6 && (x[1] - 8.0 / r).abs() < 1e-6);
+        // Rope preserves the norm of each pair and is the identity at position 0.
+        let rope = Rope::new(8, 10_000.0);
+        let (mut c, mut s) = (vec![], vec![]);
+        let h: Vec<f32> = (0..8).map(|i| i as f32 - 3.5).collect();
+        rope_table(0, &rope, &mut c, &mut s);
+        let mut y = h.clone();
+        rope_neox(&mut y, &c, &s);
+        assert_eq!(y, h);
+        rope_table(17, &rope, &mut c, &mut s);
+        rope_neox(&mut y, &c, &s);
+        for i in 0..4 {
+            let (a, b) = (h[i].hypot(h[i + 4]), y[i].hypot(y[i + 4]));
+            assert!((a - b).abs() < 1e-4);
+        }
     }
 }

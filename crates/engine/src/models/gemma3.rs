@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
-use specdec_kernels::ops::{gelu, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
+use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
 use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{attend, isa, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
@@ -334,7 +334,7 @@ impl Model for Gemma3 {
                 &mut qa,
                 &mut [MatmulJob { w: &l.gate, out: &mut gate }, MatmulJob { w: &l.up, out: &mut up }],
             );
-            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = gelu(*g) * u);
+            gelu_mul(&mut gate, &up);
             self.mm(&gate, m, &mut qa, &mut [MatmulJob { w: &l.down, out: &mut o }]);
             rmsnorm_rows(&mut o, &l.post_ffn_norm, c.eps);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);

@@ -323,3 +323,57 @@ pub unsafe fn attend(
         axpy(*s * inv, &v[j * stride..j * stride + hd], out);
     }
 }
+
+/// Q8_0-style quantization of one 32-block (see `act.rs`); returns the scale.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq")]
+pub unsafe fn quantize_block_q8_0(x: &[f32], q: &mut [i8], sum16: &mut [i32]) -> f32 {
+    let a = _mm512_loadu_ps(x.as_ptr());
+    let b = _mm512_loadu_ps(x.as_ptr().add(16));
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let idv = _mm512_set1_ps(id);
+    let qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, idv));
+    let qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, idv));
+    _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(qa));
+    _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(qb));
+    sum16[0] = _mm512_reduce_add_epi32(qa);
+    sum16[1] = _mm512_reduce_add_epi32(qb);
+    amax
+}
+
+/// Q8_K-style quantization of one 256-block with scale `iscale`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize_block_q8_k(x: &[f32], iscale: f32, q: &mut [i8], sum16: &mut [i32]) {
+    let isv = _mm512_set1_ps(iscale);
+    let (lo, hi) = (_mm512_set1_epi32(-128), _mm512_set1_epi32(127));
+    for i in 0..16 {
+        let v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(16 * i)), isv));
+        // Clamp like the scalar path (min 127, then saturating cast).
+        let v = _mm512_max_epi32(_mm512_min_epi32(v, hi), lo);
+        _mm_storeu_si128(q.as_mut_ptr().add(16 * i) as *mut __m128i, _mm512_cvtepi32_epi8(v));
+        sum16[i] = _mm512_reduce_add_epi32(v);
+    }
+}
+
+/// g = gelu(g) * u with ggml's f16-table GELU (`table` maps f16 bits to the
+/// f32 value of the table entry).
+#[target_feature(enable = "avx512f,f16c")]
+pub unsafe fn gelu_mul(g: &mut [f32], u: &[f32], table: &[f32]) {
+    let n = g.len().min(u.len());
+    let (lo, hi) = (_mm512_set1_ps(-10.0), _mm512_set1_ps(10.0));
+    let mut i = 0;
+    while i + 16 <= n {
+        let x = _mm512_loadu_ps(g.as_ptr().add(i));
+        let h = _mm512_cvtepu16_epi32(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+        let t = _mm512_i32gather_ps::<4>(h, table.as_ptr());
+        let is_lo = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(x, lo);
+        let is_hi = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, hi);
+        let r = _mm512_mask_blend_ps(is_hi, t, x);
+        let r = _mm512_maskz_mov_ps(!is_lo, r);
+        _mm512_storeu_ps(g.as_mut_ptr().add(i), _mm512_mul_ps(r, _mm512_loadu_ps(u.as_ptr().add(i))));
+        i += 16;
+    }
+    for j in i..n {
+        g[j] = crate::ops::gelu(g[j]) * u[j];
+    }
+}
