@@ -25,6 +25,7 @@ struct Row {
     mean_accepted_length: f64,
     drafts: usize,
     accepted: usize,
+    text: String,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -100,6 +101,7 @@ pub fn bench(
             mean_accepted_length: sp.mean_acceptance_length(),
             drafts: sp.num_drafts,
             accepted: sp.num_accepted_tokens,
+            text: tok.decode(&pt, false),
         };
         bar.set_message(format!("{cat}: {:.2}x", ps / ss));
         bar.inc(1);
@@ -174,6 +176,7 @@ pub fn bench(
                     "identical": r.identical,
                     "n_tokens": r.n_tokens,
                     "mean_accepted_length": r.mean_accepted_length,
+                    "text": r.text,
                 })
             })
             .collect();

@@ -54,6 +54,12 @@ impl KvCache {
         }
     }
 
+    /// Keys and values of the held positions of one layer.
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        let n = self.len * self.kv_dim;
+        (&self.k[layer][..n], &self.v[layer][..n])
+    }
+
     pub(crate) fn set_len(&mut self, n: usize) {
         self.len = n;
     }

@@ -59,6 +59,17 @@ fn rollback_equals_never_having_drafted() {
     m.forward(&mut fresh, &prefix, LogitRows::Last).unwrap();
     let want = m.forward(&mut fresh, &good, LogitRows::All).unwrap();
     assert!(after.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+    // The cache itself equals a fresh prefill of the same tokens.
+    let mut all = prefix.clone();
+    all.extend_from_slice(&good);
+    let mut pre = m.new_cache(64);
+    m.forward(&mut pre, &all, LogitRows::Last).unwrap();
+    assert_eq!(c.len(), pre.len());
+    for layer in 0..c.n_layers {
+        let ((k1, v1), (k2, v2)) = (c.layer(layer), pre.layer(layer));
+        assert!(k1.iter().zip(k2).all(|(a, b)| a.to_bits() == b.to_bits()), "layer {layer} keys differ");
+        assert!(v1.iter().zip(v2).all(|(a, b)| a.to_bits() == b.to_bits()), "layer {layer} values differ");
+    }
 }
 
 #[test]

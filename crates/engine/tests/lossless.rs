@@ -45,7 +45,7 @@ fn check(
     for prompt in prompts {
         let want = plain(m, prompt, n, params, &eog);
         for mut d in drafters(l, &want, draft_model()) {
-            for ctl in [Controller::fixed(4), Controller::new(8)] {
+            for ctl in [1, 2, 4, 8, 16].map(Controller::fixed).into_iter().chain([Controller::new(8)]) {
                 let mut ctl = ctl;
                 let got = generate_spec(m, d.as_mut(), &mut ctl, prompt, n, params, &eog, &mut |_| {}).unwrap();
                 assert_eq!(got.tokens, want, "drafter {} (fixed k {:?}) changed the output", d.name(), ctl.fixed_k);
@@ -79,4 +79,49 @@ fn default_model_greedy_is_lossless() {
     ];
     let prompts: Vec<Vec<u32>> = texts.iter().map(|t| l.tokenizer.encode(t, true, false)).collect();
     check(&l, &prompts, 24, &SamplingParams::default(), &|| None);
+}
+
+#[test]
+fn eos_and_max_tokens_inside_a_draft() {
+    let l = common::load_bytes(&common::tiny_gemma3(21, &|_, _| {})).unwrap();
+    let m = l.model.as_ref();
+    let prompt: Vec<u32> = vec![2, 40, 41, 42];
+    let params = SamplingParams::default();
+    let free = plain(m, &prompt, 30, &params, &|_| false);
+    // Treat the token at position 9 as end-of-sequence: plain stops there.
+    let stop = free[9];
+    let eog = move |t: u32| t == stop;
+    let want = plain(m, &prompt, 30, &params, &eog);
+    assert_eq!(*want.last().unwrap(), stop);
+    for k in [4usize, 16] {
+        let mut d = OracleDrafter::new(free.clone());
+        let got = generate_spec(m, &mut d, &mut Controller::fixed(k), &prompt, 30, &params, &eog, &mut |_| {}).unwrap();
+        assert_eq!(got.tokens, want, "EOS inside a draft of {k}");
+        assert!(got.stopped_on_eog);
+        // A token budget that ends mid-draft.
+        for n in [1usize, 5, 7] {
+            let mut d = OracleDrafter::new(free.clone());
+            let got = generate_spec(m, &mut d, &mut Controller::fixed(k), &prompt, n, &params, &|_| false, &mut |_| {})
+                .unwrap();
+            assert_eq!(got.tokens, free[..n].to_vec(), "max tokens {n} with k {k}");
+        }
+    }
+}
+
+#[test]
+fn default_model_past_the_sliding_window() {
+    let l = common::load_default();
+    let m = l.model.as_ref();
+    let text = "Once upon a time, in a small village by the sea, there lived an old fisherman who told stories.";
+    let prompt = l.tokenizer.encode(text, true, false);
+    let eog = |t: u32| l.tokenizer.is_eog(t);
+    let params = SamplingParams::default();
+    // 560 new tokens carry every local layer's window (512) past its start.
+    let want = plain(m, &prompt, 560, &params, &|_| false);
+    assert_eq!(want.len(), 560);
+    let mut d = SuffixDrafter::default();
+    let got =
+        generate_spec(m, &mut d, &mut Controller::new(8), &prompt, 560, &params, &|_| false, &mut |_| {}).unwrap();
+    assert_eq!(got.tokens, want);
+    let _ = eog;
 }

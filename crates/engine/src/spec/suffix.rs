@@ -63,10 +63,11 @@ impl Trie {
         self.active = next;
     }
 
-    /// The node of the longest suffix of `ctx` present with a continuation,
-    /// and its length.
+    /// The node of the longest suffix of `ctx` (at most half the depth, so
+    /// the walk has room to continue) present with a continuation, and its
+    /// length.
     fn longest_match(&self, ctx: &[u32]) -> Option<(u32, usize)> {
-        let max = (self.depth - 1).min(ctx.len());
+        let max = (self.depth / 2).min(ctx.len());
         for len in (1..=max).rev() {
             let mut n = 0u32;
             let mut ok = true;
@@ -87,22 +88,24 @@ impl Trie {
     }
 
     /// Most frequent path from `node`, up to `k` tokens, while the running
-    /// product of branch probabilities stays >= `min_prob`.
-    fn walk(&self, mut node: u32, k: usize, min_prob: f32, d: &mut Draft) {
-        let mut p = 1f32;
+    /// product of branch probabilities `p` stays >= `min_prob`. Returns false
+    /// if it stopped on probability (true: out of depth or budget).
+    fn walk(&self, mut node: u32, k: usize, min_prob: f32, p: &mut f32, d: &mut Draft) -> bool {
         while d.tokens.len() < k {
             let n = &self.nodes[node as usize];
             let total: u32 = n.children.values().map(|&c| self.nodes[c as usize].count).sum();
             let best = n.children.iter().map(|(&t, &c)| (self.nodes[c as usize].count, std::cmp::Reverse(t), c)).max();
-            let Some((cnt, std::cmp::Reverse(tok), child)) = best else { break };
-            p *= cnt as f32 / total.max(1) as f32;
-            if p < min_prob {
-                break;
+            let Some((cnt, std::cmp::Reverse(tok), child)) = best else { return true };
+            let np = *p * cnt as f32 / total.max(1) as f32;
+            if np < min_prob {
+                return false;
             }
+            *p = np;
             d.tokens.push(tok);
-            d.confidence.push(p);
+            d.confidence.push(np);
             node = child;
         }
+        true
     }
 }
 
@@ -164,16 +167,29 @@ impl Drafter for SuffixDrafter {
         if k == 0 {
             return d;
         }
-        let req = self.request.longest_match(ctx);
-        let hist = self.history.longest_match(ctx);
-        // Prefer the longer match; the request's own text on ties.
-        let (trie, node) = match (req, hist) {
-            (Some((_, rl)), Some((hn, hl))) if hl > rl => (&self.history, hn),
-            (Some((rn, _)), _) => (&self.request, rn),
-            (None, Some((hn, _))) => (&self.history, hn),
-            (None, None) => return d,
-        };
-        trie.walk(node, k, self.min_prob, &mut d);
+        // Match, walk the most frequent continuation, and when the walk runs
+        // out of trie depth, match again on the context extended by the draft.
+        let mut p = 1f32;
+        let mut ext: Vec<u32> = Vec::new();
+        while d.tokens.len() < k {
+            ext.clear();
+            let tail = ctx.len().saturating_sub(self.request.depth);
+            ext.extend_from_slice(&ctx[tail..]);
+            ext.extend_from_slice(&d.tokens);
+            let req = self.request.longest_match(&ext);
+            let hist = self.history.longest_match(&ext);
+            // Prefer the longer match; the request's own text on ties.
+            let (trie, node) = match (req, hist) {
+                (Some((_, rl)), Some((hn, hl))) if hl > rl => (&self.history, hn),
+                (Some((rn, _)), _) => (&self.request, rn),
+                (None, Some((hn, _))) => (&self.history, hn),
+                (None, None) => break,
+            };
+            let before = d.tokens.len();
+            if !trie.walk(node, k, self.min_prob, &mut p, &mut d) || d.tokens.len() == before {
+                break;
+            }
+        }
         d
     }
 

@@ -134,10 +134,10 @@ mod tests {
         let q: Dist = vec![(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)];
         let probs: Vec<f64> = p.iter().map(|c| c.1 as f64).collect();
         // 3 degrees of freedom: chi2 > 16.27 has probability 0.001 under H0.
-        let good = chi2(&first_token_counts(&p, &q, 50_000, 1, false), &probs);
+        let good = chi2(&first_token_counts(&p, &q, 200_000, 1, false), &probs);
         assert!(good < 16.27, "chi2 {good}: rejection sampling is biased");
         // Negative control: the same test fails for a verifier that accepts q's samples.
-        let bad = chi2(&first_token_counts(&p, &q, 50_000, 1, true), &probs);
+        let bad = chi2(&first_token_counts(&p, &q, 200_000, 1, true), &probs);
         assert!(bad > 16.27, "chi2 {bad}: the test cannot tell a broken verifier");
     }
 }

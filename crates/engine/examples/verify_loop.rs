@@ -1,0 +1,20 @@
+//! Repeats verify-shaped passes (profiling aid): `verify_loop MODEL K N`.
+use specdec_engine::{load, LoadOptions, LogitRows};
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let l = load(a[1].as_ref(), &LoadOptions::default(), &|_, _| {}).unwrap();
+    let k: usize = a[2].parse().unwrap();
+    let n: usize = a[3].parse().unwrap();
+    let m = l.model.as_ref();
+    let mut c = m.new_cache(128);
+    let ctx: Vec<u32> = (0..64).map(|i| 1000 + i).collect();
+    m.forward(&mut c, &ctx, LogitRows::Last).unwrap();
+    let d: Vec<u32> = (0..k as u32).map(|i| 2000 + i).collect();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        m.forward(&mut c, &d, LogitRows::All).unwrap();
+        c.truncate(64);
+    }
+    println!("k={k}: {:.2} ms/pass", t.elapsed().as_secs_f64() * 1e3 / n as f64);
+}
