@@ -6,6 +6,7 @@
 //!   when `parse_special`, user-defined tokens always), as llama.cpp does;
 //! - streaming detokenization that never emits half a UTF-8 character.
 
+mod bpe;
 mod spm;
 mod stream;
 
@@ -46,7 +47,7 @@ impl TokenKind {
 pub enum TokenizerError {
     #[error("tokenizer metadata {key}: {problem}")]
     Metadata { key: String, problem: String },
-    #[error("tokenizer model {0:?} is not supported (supported: llama)")]
+    #[error("tokenizer model {0:?} is not supported (supported: llama, gpt2)")]
     UnsupportedModel(String),
 }
 
@@ -56,11 +57,15 @@ fn meta_err(key: &str, problem: impl Into<String>) -> TokenizerError {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Model {
+    /// SentencePiece-style (`llama`).
     Spm,
+    /// Byte-level BPE (`gpt2`).
+    Bpe,
 }
 
 pub struct Tokenizer {
     pub model: Model,
+    bpe: Option<bpe::Bpe>,
     tokens: Vec<String>,
     scores: Vec<f32>,
     kinds: Vec<TokenKind>,
@@ -82,6 +87,7 @@ impl Tokenizer {
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer, TokenizerError> {
         let model = match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
             Some("llama") => Model::Spm,
+            Some("gpt2") => Model::Bpe,
             Some(other) => return Err(TokenizerError::UnsupportedModel(other.to_string())),
             None => return Err(meta_err("tokenizer.ggml.model", "missing")),
         };
@@ -155,9 +161,23 @@ impl Tokenizer {
         id("tokenizer.ggml.padding_token_id")?;
         id("tokenizer.ggml.eot_token_id")?;
         let flag = |key: &str, default: bool| g.get(key).and_then(Value::as_bool).unwrap_or(default);
-        let add_bos = flag("tokenizer.ggml.add_bos_token", true);
+        let spm = model == Model::Spm;
+        let add_bos = flag("tokenizer.ggml.add_bos_token", spm);
         let add_eos = flag("tokenizer.ggml.add_eos_token", false);
-        let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
+        let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", spm);
+        let bpe = if spm {
+            None
+        } else {
+            let merges = match g.get("tokenizer.ggml.merges").and_then(Value::as_array) {
+                Some(Array::String(v)) => v.clone(),
+                Some(a) => {
+                    return Err(meta_err("tokenizer.ggml.merges", format!("expected strings, found {}", a.type_name())))
+                }
+                None => return Err(meta_err("tokenizer.ggml.merges", "missing (required by gpt2 tokenizers)")),
+            };
+            let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+            Some(bpe::Bpe::new(&merges, pre)?)
+        };
         if add_bos && bos.is_none() {
             return Err(meta_err("tokenizer.ggml.bos_token_id", "add_bos_token is set but there is no BOS token"));
         }
@@ -183,6 +203,7 @@ impl Tokenizer {
         }
         Ok(Tokenizer {
             model,
+            bpe,
             tokens,
             scores,
             kinds,
@@ -225,6 +246,10 @@ impl Tokenizer {
                 Fragment::Token(t) => {
                     out.push(t);
                     prev_special = true;
+                }
+                Fragment::Text(s) if self.bpe.is_some() => {
+                    self.bpe.as_ref().expect("checked").tokenize(s, &self.to_id, &mut out);
+                    prev_special = false;
                 }
                 Fragment::Text(s) => {
                     let mut t = String::with_capacity(s.len() + 3);
@@ -289,7 +314,14 @@ impl Tokenizer {
             return Vec::new();
         };
         match self.kinds[id as usize] {
-            TokenKind::Normal | TokenKind::UserDefined => text.replace('\u{2581}', " ").into_bytes(),
+            TokenKind::Normal => match &self.bpe {
+                Some(b) => b.decode_text(text),
+                None => text.replace('\u{2581}', " ").into_bytes(),
+            },
+            TokenKind::UserDefined => match &self.bpe {
+                Some(_) => text.as_bytes().to_vec(),
+                None => text.replace('\u{2581}', " ").into_bytes(),
+            },
             TokenKind::Byte => parse_byte_token(text).map(|b| vec![b]).unwrap_or_default(),
             TokenKind::Unknown => "\u{2585}".as_bytes().to_vec(),
             TokenKind::Control | TokenKind::Unused => {
