@@ -76,10 +76,19 @@ fn penalize(logits: &mut [f32], p: &SamplingParams, history: &[u32]) {
 /// The sampling distribution as (token, probability) pairs, most likely first,
 /// probabilities summing to 1. Greedy gives the argmax with probability 1.
 pub fn probs(logits: &[f32], p: &SamplingParams, history: &[u32]) -> Vec<(u32, f32)> {
-    let mut l = logits.to_vec();
-    penalize(&mut l, p, history);
+    // Copy the logits only when a penalty changes them (they are 1 MB for a
+    // 262k vocabulary, and the verifier asks for k + 1 rows per step).
+    let penalized;
+    let l: &[f32] = if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
+        let mut v = logits.to_vec();
+        penalize(&mut v, p, history);
+        penalized = v;
+        &penalized
+    } else {
+        logits
+    };
     if p.is_greedy() {
-        return vec![(argmax(&l), 1.0)];
+        return vec![(argmax(l), 1.0)];
     }
     let inv_t = 1.0 / p.temperature;
     let max = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));

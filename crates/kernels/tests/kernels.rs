@@ -2,7 +2,7 @@
 
 use half::f16;
 use specdec_gguf::GgmlType;
-use specdec_kernels::matmul::{avx512, scalar};
+use specdec_kernels::matmul::{avx2, avx512, scalar};
 use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{matmul, ActScratch, ActStyle, Isa, MatmulJob, PackedKind, PackedMatrix, Pool, QuantActs};
 
@@ -110,6 +110,9 @@ fn packed_kernels_match_dequantized_reference() {
 
 fn isas() -> Vec<Isa> {
     let mut v = vec![Isa::Scalar];
+    if avx2::available() {
+        v.push(Isa::Avx2);
+    }
     if avx512::available() {
         v.push(Isa::Avx512Vnni);
     }
@@ -118,10 +121,8 @@ fn isas() -> Vec<Isa> {
 
 #[test]
 fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
-    if !avx512::available() {
-        eprintln!("AVX-512 VNNI not available: SIMD comparison skipped");
-        return;
-    }
+    let simd_isas: Vec<Isa> = isas().into_iter().filter(|&i| i != Isa::Scalar).collect();
+    assert!(!simd_isas.is_empty() || !cfg!(target_arch = "x86_64") || !avx2::available());
     let mut rng = Rng(12345);
     let pool = Pool::new(2);
     for ty in TYPES {

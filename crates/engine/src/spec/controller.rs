@@ -24,6 +24,7 @@ pub struct Controller {
     pass_secs: Vec<Option<f64>>,
     draft_secs_per_token: f64,
     skipped: usize,
+    probing: bool,
 }
 
 const ALPHA: f64 = 0.15;
@@ -41,6 +42,7 @@ impl Controller {
             pass_secs: vec![None; max_k + 2],
             draft_secs_per_token: 0.0,
             skipped: 0,
+            probing: false,
         }
     }
 
@@ -81,12 +83,33 @@ impl Controller {
         self.expected_tokens(k) / (self.pass_cost(k + 1) + k as f64 * self.draft_secs_per_token)
     }
 
-    /// How many tokens to ask the drafter for.
-    pub fn draft_budget(&self) -> usize {
-        self.fixed_k.unwrap_or(self.max_k)
+    /// How many tokens to ask the drafter for, decided before drafting so
+    /// that an expensive drafter (a draft model) is not run when its tokens
+    /// would not pay. When plain decoding wins, a full draft is still asked
+    /// for every `probe_every` steps.
+    pub fn draft_budget(&mut self) -> usize {
+        if let Some(k) = self.fixed_k {
+            return k;
+        }
+        self.probing = false;
+        let best = self.best_k(self.max_k);
+        if best > 0 {
+            return best;
+        }
+        self.skipped += 1;
+        if self.skipped >= self.probe_every {
+            self.skipped = 0;
+            self.probing = true;
+            return self.max_k;
+        }
+        0
     }
 
-    /// Trims a proposed draft length to the best k (0 = decode plainly).
+    fn best_k(&self, avail: usize) -> usize {
+        (0..=avail).max_by(|&a, &b| self.rate(a).total_cmp(&self.rate(b))).unwrap_or(0)
+    }
+
+    /// Trims a proposed draft (its per-token confidences) to the k to verify.
     pub fn choose(&mut self, confidence: &[f32]) -> usize {
         let mut avail = confidence.len().min(self.max_k);
         if let Some(k) = self.fixed_k {
@@ -95,15 +118,10 @@ impl Controller {
         if let Some(cut) = confidence.iter().position(|&c| c < self.min_confidence) {
             avail = avail.min(cut);
         }
-        let best = (0..=avail).max_by(|&a, &b| self.rate(a).total_cmp(&self.rate(b))).unwrap_or(0);
-        if best == 0 && avail > 0 {
-            self.skipped += 1;
-            if self.skipped >= self.probe_every {
-                self.skipped = 0;
-                return avail;
-            }
+        if self.probing {
+            return avail;
         }
-        best
+        self.best_k(avail)
     }
 
     /// Records a verify step: `k` drafted, `accepted` of them accepted, the
@@ -141,7 +159,12 @@ mod tests {
             c.observe(0, 0, 0.009);
         }
         let conf = vec![1.0; 8];
-        let choices: Vec<usize> = (0..16).map(|_| c.choose(&conf)).collect();
+        let choices: Vec<usize> = (0..16)
+            .map(|_| {
+                let b = c.draft_budget();
+                c.choose(&conf[..b])
+            })
+            .collect();
         assert!(choices.iter().filter(|&&k| k == 0).count() >= 14, "{choices:?}");
         assert!(choices.contains(&8), "a probe should happen: {choices:?}");
     }
@@ -154,9 +177,29 @@ mod tests {
                 c.observe(k, k, 0.010 + 0.0005 * k as f64);
             }
         }
+        assert_eq!(c.draft_budget(), 8);
         assert_eq!(c.choose(&[1.0; 8]), 8);
         // Fixed k ignores the estimates.
         let mut f = Controller::fixed(3);
         assert_eq!(f.choose(&[1.0; 8]), 3);
+    }
+}
+
+#[cfg(test)]
+mod cost_tests {
+    use super::*;
+
+    #[test]
+    fn an_expensive_drafter_is_not_run_when_it_cannot_pay() {
+        // Every draft token is accepted, but drafting one costs a whole target pass.
+        let mut c = Controller::new(8);
+        for _ in 0..30 {
+            c.observe_draft(8, 8.0 * 0.015);
+            for k in [0usize, 8] {
+                c.observe(k, k, 0.015 + 0.0015 * k as f64);
+            }
+        }
+        let budgets: Vec<usize> = (0..16).map(|_| c.draft_budget()).collect();
+        assert!(budgets.iter().filter(|&&b| b == 0).count() >= 14, "{budgets:?}");
     }
 }

@@ -104,12 +104,17 @@ pub fn generate_spec(
         let remaining = max_new - out.len();
         // Never draft past the token budget: the bonus always comes on top.
         let budget = ctl.draft_budget().min(remaining - 1);
-        let td = Instant::now();
-        let mut draft = drafter.propose(&ctx, budget);
-        let dt = td.elapsed().as_secs_f64();
-        spec.draft_s += dt;
-        draft.truncate(budget);
-        ctl.observe_draft(draft.len(), dt);
+        let mut draft = if budget > 0 {
+            let td = Instant::now();
+            let mut d = drafter.propose(&ctx, budget);
+            let dt = td.elapsed().as_secs_f64();
+            spec.draft_s += dt;
+            d.truncate(budget);
+            ctl.observe_draft(d.len(), dt);
+            d
+        } else {
+            Default::default()
+        };
         let k = ctl.choose(&draft.confidence);
         draft.truncate(k);
         if !draft.q.is_empty() && draft.q.len() != draft.len() {

@@ -5,6 +5,8 @@
 //! output columns only, and the accumulation order over k is fixed.
 
 #[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod scalar;
 
@@ -18,10 +20,12 @@ use crate::pool::Pool;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
+    /// AVX2 + FMA + F16C: packed matmul only; other ops use the scalar code.
+    Avx2,
     Avx512Vnni,
 }
 
-/// The best available ISA, or `SPECDEC_ISA=scalar` to force the reference.
+/// The best available ISA; `SPECDEC_ISA=scalar` or `avx2` caps it.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
@@ -30,8 +34,13 @@ pub fn isa() -> Isa {
             return Isa::Scalar;
         }
         #[cfg(target_arch = "x86_64")]
-        if avx512::available() {
-            return Isa::Avx512Vnni;
+        {
+            if forced.as_deref() != Some("avx2") && avx512::available() {
+                return Isa::Avx512Vnni;
+            }
+            if avx2::available() {
+                return Isa::Avx2;
+            }
         }
         Isa::Scalar
     })
@@ -104,6 +113,9 @@ fn run_range(
         (Isa::Avx512Vnni, PackedKind::F32) => unsafe { avx512::matmul_f32(w, x, m, g0, g1, out, ld) },
         #[cfg(target_arch = "x86_64")]
         (Isa::Avx512Vnni, _) => unsafe { avx512::matmul_q(w, qa, g0, g1, out, ld) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only chosen when available.
+        (Isa::Avx2, k) if k != PackedKind::F32 => unsafe { avx2::matmul_q(w, qa, g0, g1, out, ld) },
         // SAFETY: out covers m x ld (checked in `matmul`).
         (_, PackedKind::F32) => unsafe { scalar::matmul_f32(w, x, m, g0, g1, out, ld) },
         // SAFETY: as above.
