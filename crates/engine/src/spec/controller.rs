@@ -8,8 +8,8 @@
 //! where a_j is the observed probability that position j is accepted given
 //! j-1 was (an exponential moving average), and T is learned online from the
 //! measured pass times. k = 0 (plain decoding) wins when speculation does not
-//! pay; then a full draft is still tried every `probe_every` steps so the
-//! estimates can recover when the text becomes predictable.
+//! pay; then a short draft is still tried now and then (at exponentially
+//! growing intervals) so the estimates can recover when drafting starts to pay.
 
 #[derive(Clone, Debug)]
 pub struct Controller {
@@ -28,6 +28,8 @@ pub struct Controller {
 }
 
 const ALPHA: f64 = 0.15;
+const PROBE_EVERY: usize = 8;
+const MAX_PROBE_EVERY: usize = 256;
 /// Prior relative cost of each extra verified row when nothing is measured.
 const PRIOR_ROW_COST: f64 = 0.08;
 
@@ -37,7 +39,7 @@ impl Controller {
             max_k,
             fixed_k: None,
             min_confidence: 0.0,
-            probe_every: 8,
+            probe_every: PROBE_EVERY,
             accept: vec![0.6; max_k + 1],
             pass_secs: vec![None; max_k + 2],
             draft_secs_per_token: 0.0,
@@ -85,8 +87,8 @@ impl Controller {
 
     /// How many tokens to ask the drafter for, decided before drafting so
     /// that an expensive drafter (a draft model) is not run when its tokens
-    /// would not pay. When plain decoding wins, a full draft is still asked
-    /// for every `probe_every` steps.
+    /// would not pay. When plain decoding wins, a short probe draft is asked
+    /// for every `probe_every` steps, an interval that doubles while probes fail.
     pub fn draft_budget(&mut self) -> usize {
         if let Some(k) = self.fixed_k {
             return k;
@@ -94,13 +96,17 @@ impl Controller {
         self.probing = false;
         let best = self.best_k(self.max_k);
         if best > 0 {
+            self.probe_every = PROBE_EVERY;
             return best;
         }
         self.skipped += 1;
         if self.skipped >= self.probe_every {
+            // Probe with a short draft, and back off exponentially while
+            // probes keep showing that drafting does not pay.
             self.skipped = 0;
             self.probing = true;
-            return self.max_k;
+            self.probe_every = (self.probe_every * 2).min(MAX_PROBE_EVERY);
+            return (self.max_k / 4).max(1);
         }
         0
     }
@@ -158,7 +164,7 @@ mod tests {
             c.observe(1, 0, 0.010);
             c.observe(0, 0, 0.009);
         }
-        let conf = vec![1.0; 8];
+        let conf = [1.0; 8];
         let choices: Vec<usize> = (0..16)
             .map(|_| {
                 let b = c.draft_budget();
@@ -166,7 +172,7 @@ mod tests {
             })
             .collect();
         assert!(choices.iter().filter(|&&k| k == 0).count() >= 14, "{choices:?}");
-        assert!(choices.contains(&8), "a probe should happen: {choices:?}");
+        assert!(choices.contains(&2), "a short probe should happen: {choices:?}");
     }
 
     #[test]
