@@ -4,7 +4,7 @@ pub mod gemma3;
 
 use std::sync::Arc;
 
-use specdec_gguf::{GgufFile, Value};
+use specdec_gguf::GgufFile;
 use specdec_kernels::Pool;
 
 use crate::{EngineError, Model};
@@ -15,12 +15,7 @@ pub fn load(
     force_f32: bool,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Box<dyn Model>, EngineError> {
-    let arch = file
-        .header
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .ok_or_else(|| EngineError::Metadata { key: "general.architecture".into(), problem: "missing".into() })?
-        .to_string();
+    let arch = crate::weights::WeightSource::new(&file)?.arch;
     match arch.as_str() {
         "gemma3" => Ok(Box::new(gemma3::Gemma3::load(file, pool, force_f32, progress)?)),
         other => Err(EngineError::UnsupportedArch(other.to_string())),

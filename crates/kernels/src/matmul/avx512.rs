@@ -304,24 +304,7 @@ pub unsafe fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    scores.clear();
-    let mut max = f32::NEG_INFINITY;
-    for j in start..=end {
-        let s = dot_f32(q, &k[j * stride..j * stride + hd]);
-        max = max.max(s);
-        scores.push(s);
-    }
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
-    out.fill(0.0);
-    for (j, s) in (start..=end).zip(scores.iter()) {
-        axpy(*s * inv, &v[j * stride..j * stride + hd], out);
-    }
+    super::attend_with(|a, b| dot_f32(a, b), |s, x, y| axpy(s, x, y), q, k, v, stride, start, end, scores, out)
 }
 
 /// Q8_0-style quantization of one 32-block (see `act.rs`); returns the scale.

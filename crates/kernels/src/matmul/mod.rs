@@ -166,21 +166,38 @@ pub fn attend(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: chosen only when available.
         Isa::Avx512Vnni => unsafe { avx512::attend(q, k, v, stride, start, end, scores, out) },
-        _ => {
-            let hd = q.len();
-            scores.clear();
-            scores.extend((start..=end).map(|j| scalar::dot_f32(q, &k[j * stride..j * stride + hd])));
-            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            out.fill(0.0);
-            for (j, s) in (start..=end).zip(scores.iter()) {
-                axpy(isa, *s * inv, &v[j * stride..j * stride + hd], out);
-            }
-        }
+        _ => attend_with(scalar::dot_f32, |a, x, y| axpy(isa, a, x, y), q, k, v, stride, start, end, scores, out),
+    }
+}
+
+/// The attention arithmetic, given the ISA's dot product and axpy (both
+/// back-ends share it, so they agree bit for bit).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn attend_with(
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+    axpy: impl Fn(f32, &[f32], &mut [f32]),
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    start: usize,
+    end: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    scores.clear();
+    scores.extend((start..=end).map(|j| dot(q, &k[j * stride..j * stride + hd])));
+    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    out.fill(0.0);
+    for (j, s) in (start..=end).zip(scores.iter()) {
+        axpy(*s * inv, &v[j * stride..j * stride + hd], out);
     }
 }
