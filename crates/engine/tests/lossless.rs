@@ -125,3 +125,24 @@ fn default_model_past_the_sliding_window() {
     assert_eq!(got.tokens, want);
     let _ = eog;
 }
+
+#[test]
+fn drafts_shrink_at_the_context_limit() {
+    // Context of 64 positions: prompt + output fill it exactly.
+    let bytes = common::tiny_gemma3(5, &|kv, _| {
+        for (k, v) in kv.iter_mut() {
+            if k == "gemma3.context_length" {
+                *v = specdec_gguf::Value::U32(64);
+            }
+        }
+    });
+    let l = common::load_bytes(&bytes).unwrap();
+    let m = l.model.as_ref();
+    let prompt: Vec<u32> = (2..22).collect();
+    let params = SamplingParams::default();
+    let want = plain(m, &prompt, 44, &params, &|_| false);
+    let mut d = OracleDrafter::new(want.clone());
+    let got =
+        generate_spec(m, &mut d, &mut Controller::fixed(8), &prompt, 44, &params, &|_| false, &mut |_| {}).unwrap();
+    assert_eq!(got.tokens, want);
+}

@@ -70,10 +70,11 @@ pub fn generate_spec(
     if prompt.is_empty() || max_new == 0 {
         return Ok(SpecOutput { tokens: out, stats, spec, stopped_on_eog });
     }
-    let capacity = prompt.len() + max_new + ctl.max_k + 1;
-    let mut cache = model.new_cache(capacity);
-    if capacity > cache.capacity {
-        return Err(EngineError::ContextFull { need: capacity, capacity: cache.capacity });
+    // Room for drafts beyond the output when the model's context allows; near
+    // the context limit drafts shrink rather than fail (plain decoding would fit).
+    let mut cache = model.new_cache(prompt.len() + max_new + ctl.max_k + 1);
+    if prompt.len() + max_new > cache.capacity {
+        return Err(EngineError::ContextFull { need: prompt.len() + max_new, capacity: cache.capacity });
     }
     let vocab = model.vocab_size() as u32;
     let mut rng = Rng::new(params.seed);
@@ -103,7 +104,8 @@ pub fn generate_spec(
     while !stopped_on_eog && out.len() < max_new {
         let remaining = max_new - out.len();
         // Never draft past the token budget: the bonus always comes on top.
-        let budget = ctl.draft_budget().min(remaining - 1);
+        let room = cache.capacity.saturating_sub(cache.len() + 1);
+        let budget = ctl.draft_budget().min(remaining - 1).min(room);
         let mut draft = if budget > 0 {
             let td = Instant::now();
             let mut d = drafter.propose(&ctx, budget);
