@@ -146,3 +146,21 @@ fn drafts_shrink_at_the_context_limit() {
         generate_spec(m, &mut d, &mut Controller::fixed(8), &prompt, 44, &params, &|_| false, &mut |_| {}).unwrap();
     assert_eq!(got.tokens, want);
 }
+
+#[test]
+fn sampled_draft_model_runs_rejection_sampling_end_to_end() {
+    let l = common::load_bytes(&common::tiny_gemma3(31, &|_, _| {})).unwrap();
+    let draft = common::load_bytes(&common::tiny_gemma3(31, &|_, _| {})).unwrap().model;
+    let m = l.model.as_ref();
+    let params = SamplingParams { temperature: 0.8, seed: 9, ..Default::default() };
+    let mut d = ModelDrafter::new(draft, params.clone(), 256, "same weights".into());
+    d.min_confidence = 0.0;
+    assert!(d.is_sampled());
+    let prompt: Vec<u32> = vec![2, 50, 51, 52];
+    let got = generate_spec(m, &mut d, &mut Controller::fixed(4), &prompt, 40, &params, &|_| false, &mut |_| {}).unwrap();
+    assert_eq!(got.tokens.len(), 40);
+    assert!(got.tokens.iter().all(|&t| (t as usize) < m.vocab_size()));
+    assert!(got.spec.num_drafts > 0);
+    // Same weights for draft and target: q equals p, so every draft token is accepted.
+    assert_eq!(got.spec.num_accepted_tokens, got.spec.num_draft_tokens, "{:?}", got.spec);
+}
