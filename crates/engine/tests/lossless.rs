@@ -157,7 +157,8 @@ fn sampled_draft_model_runs_rejection_sampling_end_to_end() {
     d.min_confidence = 0.0;
     assert!(d.is_sampled());
     let prompt: Vec<u32> = vec![2, 50, 51, 52];
-    let got = generate_spec(m, &mut d, &mut Controller::fixed(4), &prompt, 40, &params, &|_| false, &mut |_| {}).unwrap();
+    let got =
+        generate_spec(m, &mut d, &mut Controller::fixed(4), &prompt, 40, &params, &|_| false, &mut |_| {}).unwrap();
     assert_eq!(got.tokens.len(), 40);
     assert!(got.tokens.iter().all(|&t| (t as usize) < m.vocab_size()));
     assert!(got.spec.num_drafts > 0);
