@@ -165,3 +165,65 @@ fn sampled_draft_model_runs_rejection_sampling_end_to_end() {
     // Same weights for draft and target: q equals p, so every draft token is accepted.
     assert_eq!(got.spec.num_accepted_tokens, got.spec.num_draft_tokens, "{:?}", got.spec);
 }
+
+/// L12: with a sampled draft model (q != p), the first three emitted tokens
+/// have the same marginals as plain sampling (two-sample chi-square, p > 1e-4).
+#[test]
+fn sampled_speculation_has_the_target_distribution() {
+    let l = common::load_bytes(&common::tiny_gemma3(41, &|_, _| {})).unwrap();
+    let m = l.model.as_ref();
+    let prompt: Vec<u32> = vec![2, 60, 61, 62];
+    let n = 2000;
+    let mut plain_counts = vec![std::collections::HashMap::<u32, usize>::new(); 3];
+    let mut spec_counts = plain_counts.clone();
+    for i in 0..n {
+        let params = SamplingParams { temperature: 1.0, top_k: 6, seed: 1000 + i as u64, ..Default::default() };
+        let a = plain(m, &prompt, 3, &params, &|_| false);
+        let draft = common::load_bytes(&common::tiny_gemma3(42, &|_, _| {})).unwrap().model;
+        let spec_params = SamplingParams { seed: 900_000 + i as u64, ..params.clone() };
+        let mut d = ModelDrafter::new(draft, spec_params.clone(), 64, "other".into());
+        d.min_confidence = 0.0;
+        let b = generate_spec(m, &mut d, &mut Controller::fixed(3), &prompt, 3, &spec_params, &|_| false, &mut |_| {})
+            .unwrap()
+            .tokens;
+        for j in 0..3 {
+            *plain_counts[j].entry(a[j]).or_default() += 1;
+            *spec_counts[j].entry(b[j]).or_default() += 1;
+        }
+    }
+    for j in 0..3 {
+        let keys: std::collections::BTreeSet<u32> =
+            plain_counts[j].keys().chain(spec_counts[j].keys()).copied().collect();
+        let chi: f64 = keys
+            .iter()
+            .map(|t| {
+                let (x, y) =
+                    (*plain_counts[j].get(t).unwrap_or(&0) as f64, *spec_counts[j].get(t).unwrap_or(&0) as f64);
+                (x - y).powi(2) / (x + y)
+            })
+            .sum();
+        let df = (keys.len() - 1).max(1) as f64;
+        // Wilson-Hilferty critical value at alpha = 1e-4 (z = 3.719).
+        let t = 1.0 - 2.0 / (9.0 * df) + 3.719 * (2.0 / (9.0 * df)).sqrt();
+        let crit = df * t * t * t;
+        assert!(chi < crit, "position {j}: chi2 {chi:.1} >= {crit:.1} over {} tokens", keys.len());
+    }
+}
+
+/// L11: the same seed gives the same speculative output every time.
+#[test]
+fn seeded_speculation_is_deterministic() {
+    let l = common::load_bytes(&common::tiny_gemma3(43, &|_, _| {})).unwrap();
+    let m = l.model.as_ref();
+    let params = SamplingParams { temperature: 0.9, seed: 77, ..Default::default() };
+    let prompt: Vec<u32> = vec![2, 7, 8, 9, 7, 8];
+    let runs: Vec<Vec<u32>> = (0..20)
+        .map(|_| {
+            let mut d = SuffixDrafter::default();
+            generate_spec(m, &mut d, &mut Controller::new(8), &prompt, 32, &params, &|_| false, &mut |_| {})
+                .unwrap()
+                .tokens
+        })
+        .collect();
+    assert!(runs.windows(2).all(|w| w[0] == w[1]));
+}

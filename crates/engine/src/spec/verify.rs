@@ -97,47 +97,94 @@ mod tests {
         assert_eq!(verify(&[u32::MAX], &[], &p[..2], &mut rng), Verdict { accepted: 0, bonus: 5 });
     }
 
-    /// Chi-square statistic of observed counts against expected probabilities.
-    fn chi2(counts: &[usize], probs: &[f64]) -> f64 {
-        let n: usize = counts.iter().sum();
-        counts
-            .iter()
-            .zip(probs)
-            .map(|(&c, &p)| {
-                let e = p * n as f64;
-                (c as f64 - e).powi(2) / e
-            })
-            .sum()
+    /// Upper critical value of chi-square with `df` degrees of freedom at the
+    /// one-sided normal quantile `z` (Wilson-Hilferty approximation).
+    fn chi2_critical(df: usize, z: f64) -> f64 {
+        let d = df as f64;
+        let t = 1.0 - 2.0 / (9.0 * d) + z * (2.0 / (9.0 * d)).sqrt();
+        d * t * t * t
     }
 
-    /// Emitted first tokens of rejection sampling with a sampled draft follow p.
-    fn first_token_counts(p: &Dist, q: &Dist, n: usize, seed: u64, broken: bool) -> Vec<usize> {
+    /// A random distribution over 0..v; `zero` gets probability 0.
+    fn random_dist(v: usize, rng: &mut Rng, zero: Option<u32>) -> Dist {
+        let mut w: Vec<f64> = (0..v).map(|_| rng.uniform() + 0.05).collect();
+        if let Some(z) = zero {
+            w[z as usize] = 0.0;
+        }
+        let sum: f64 = w.iter().sum();
+        w.iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(t, &x)| (t as u32, (x / sum) as f32)).collect()
+    }
+
+    /// Per output position, the counts of emitted tokens over `n` verify steps
+    /// of k-token drafts sampled from q (positions independent).
+    fn emitted_counts(p: &[Dist], q: &[Dist], v: usize, n: usize, seed: u64, broken: bool) -> Vec<Vec<usize>> {
+        let k = q.len();
         let mut rng = Rng::new(seed);
-        let mut counts = vec![0usize; 4];
+        let mut counts = vec![vec![0usize; v]; k + 1];
         for _ in 0..n {
-            let x = draw(q, &mut rng);
-            let v = if broken {
-                // Negative control: accept every draft token (ignores p).
-                Verdict { accepted: 1, bonus: 0 }
+            let draft: Vec<u32> = q.iter().map(|qi| draw(qi, &mut rng)).collect();
+            let verdict = if broken {
+                Verdict { accepted: k, bonus: draw(&p[k], &mut rng) }
             } else {
-                verify(&[x], std::slice::from_ref(q), &[p.clone(), point(0)], &mut rng)
+                verify(&draft, q, p, &mut rng)
             };
-            let first = if v.accepted == 1 { x } else { v.bonus };
-            counts[first as usize] += 1;
+            for (j, &t) in draft[..verdict.accepted].iter().chain(std::iter::once(&verdict.bonus)).enumerate() {
+                counts[j][t as usize] += 1;
+            }
         }
         counts
     }
 
+    /// Whether counts fit p: total variation within the bound of the
+    /// reliability plan (L09) and chi-square below its 1e-6 critical value.
+    fn fits(counts: &[usize], p: &Dist) -> (bool, f64, f64) {
+        let n: usize = counts.iter().sum();
+        let v = counts.len();
+        let mut probs = vec![0f64; v];
+        for &(t, pr) in p {
+            probs[t as usize] = pr as f64;
+        }
+        if counts.iter().zip(&probs).any(|(&c, &pr)| c > 0 && pr == 0.0) {
+            return (false, 1.0, f64::INFINITY);
+        }
+        let tv = counts.iter().zip(&probs).map(|(&c, &pr)| (c as f64 / n as f64 - pr).abs()).sum::<f64>() / 2.0;
+        let chi: f64 = counts
+            .iter()
+            .zip(&probs)
+            .filter(|(_, &pr)| pr > 0.0)
+            .map(|(&c, &pr)| (c as f64 - pr * n as f64).powi(2) / (pr * n as f64))
+            .sum();
+        let df = probs.iter().filter(|&&pr| pr > 0.0).count().saturating_sub(1).max(1);
+        let tv_bound = (2.0 * (v as f64 * 2f64.ln() + 1e6f64.ln()) / n as f64).sqrt() / 2.0;
+        (tv <= tv_bound && chi < chi2_critical(df, 4.753), tv, chi)
+    }
+
+    /// L09: for V in {10, 16, 32} and k in {1, 3, 5}, with a random draft, a
+    /// draft with zero mass on the target's mode, and draft == target, every
+    /// emitted position follows the target distribution (2e5 steps each).
     #[test]
-    fn rejection_sampling_reproduces_the_target_distribution() {
-        let p: Dist = vec![(0, 0.5), (1, 0.3), (2, 0.15), (3, 0.05)];
-        let q: Dist = vec![(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)];
-        let probs: Vec<f64> = p.iter().map(|c| c.1 as f64).collect();
-        // 3 degrees of freedom: chi2 > 16.27 has probability 0.001 under H0.
-        let good = chi2(&first_token_counts(&p, &q, 200_000, 1, false), &probs);
-        assert!(good < 16.27, "chi2 {good}: rejection sampling is biased");
-        // Negative control: the same test fails for a verifier that accepts q's samples.
-        let bad = chi2(&first_token_counts(&p, &q, 200_000, 1, true), &probs);
-        assert!(bad > 16.27, "chi2 {bad}: the test cannot tell a broken verifier");
+    fn rejection_sampling_matches_the_target_at_every_position() {
+        let mut setup = Rng::new(2024);
+        for v in [10usize, 16, 32] {
+            for k in [1usize, 3, 5] {
+                let p: Vec<Dist> = (0..=k).map(|_| random_dist(v, &mut setup, None)).collect();
+                let mode = |d: &Dist| d.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+                let drafts: Vec<(&str, Vec<Dist>)> = vec![
+                    ("random", (0..k).map(|_| random_dist(v, &mut setup, None)).collect()),
+                    ("no mass on the mode", (0..k).map(|i| random_dist(v, &mut setup, Some(mode(&p[i])))).collect()),
+                    ("q == p", p[..k].to_vec()),
+                ];
+                for (name, q) in &drafts {
+                    let counts = emitted_counts(&p, q, v, 200_000, (v * 10 + k) as u64, false);
+                    for (j, c) in counts.iter().enumerate() {
+                        let (ok, tv, chi) = fits(c, &p[j]);
+                        assert!(ok, "V={v} k={k} draft {name}: position {j} off (TV {tv:.4}, chi2 {chi:.1})");
+                    }
+                }
+                // Negative control: accepting every draft token emits q, not p.
+                let counts = emitted_counts(&p, &drafts[0].1, v, 200_000, 7, true);
+                assert!(!fits(&counts[0], &p[0]).0, "V={v} k={k}: the test cannot tell a broken verifier");
+            }
+        }
     }
 }
