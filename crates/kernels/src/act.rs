@@ -10,7 +10,11 @@
 //! Rows are quantized independently: a row's numbers never depend on how many
 //! rows share the pass (batch invariance).
 
+use std::sync::Mutex;
+
 use half::f16;
+
+use crate::pool::Pool;
 
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +33,14 @@ pub struct QuantActs {
     pub d: Vec<f32>,
     /// m x k/16 sums of qs.
     pub sum16: Vec<i32>,
+    /// m x k/32 per-block terms precomputed for the kernels' epilogues, so a
+    /// tile only broadcasts them: `-128 * sum` (Q8S), `-16 * sum` (Q5S),
+    /// `d * sum` (the min term of affine weights).
+    pub corr128: Vec<i32>,
+    pub corr16: Vec<i32>,
+    pub dsum: Vec<f32>,
+    /// m x k/16: `-32 * sum16` (Q6S, one correction per 16).
+    pub corr32: Vec<i32>,
 }
 
 /// Round to nearest, ties to even, for |v| < 2^22 (ggml's `nearest_int`).
@@ -37,16 +49,37 @@ fn nearest(v: f32) -> f32 {
     (v + 12_582_912.0) - 12_582_912.0
 }
 
-impl QuantActs {
-    /// Quantizes `x` (m rows of k, k a multiple of 32; of 256 for Q8_K), reusing buffers.
-    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) {
+/// Mutable views of whole rows of a `QuantActs`, so rows can be quantized in
+/// parallel into disjoint parts.
+struct RowsMut<'a> {
+    qs: &'a mut [i8],
+    d: &'a mut [f32],
+    sum16: &'a mut [i32],
+    corr128: &'a mut [i32],
+    corr16: &'a mut [i32],
+    dsum: &'a mut [f32],
+    corr32: &'a mut [i32],
+}
+
+impl<'a> RowsMut<'a> {
+    /// Splits after `rows` rows of `k`.
+    fn split(self, rows: usize, k: usize) -> (RowsMut<'a>, RowsMut<'a>) {
+        let (qs0, qs1) = self.qs.split_at_mut(rows * k);
+        let (d0, d1) = self.d.split_at_mut(rows * k / 32);
+        let (s0, s1) = self.sum16.split_at_mut(rows * k / 16);
+        let (a0, a1) = self.corr128.split_at_mut(rows * k / 32);
+        let (b0, b1) = self.corr16.split_at_mut(rows * k / 32);
+        let (m0, m1) = self.dsum.split_at_mut(rows * k / 32);
+        let (c0, c1) = self.corr32.split_at_mut(rows * k / 16);
+        (
+            RowsMut { qs: qs0, d: d0, sum16: s0, corr128: a0, corr16: b0, dsum: m0, corr32: c0 },
+            RowsMut { qs: qs1, d: d1, sum16: s1, corr128: a1, corr16: b1, dsum: m1, corr32: c1 },
+        )
+    }
+
+    /// Quantizes `x` (whole rows, matching these views).
+    fn fill(self, x: &[f32], style: ActStyle) {
         let blk = if style == ActStyle::Q8_K { 256 } else { 32 };
-        assert!(k.is_multiple_of(blk) && x.len() == m * k, "activations {m}x{k}, len {}", x.len());
-        self.m = m;
-        self.k = k;
-        self.qs.resize(m * k, 0);
-        self.d.resize(m * k / 32, 0.0);
-        self.sum16.resize(m * k / 16, 0);
         let simd = crate::matmul::isa() == crate::matmul::Isa::Avx512Vnni;
         for (i, xb) in x.chunks_exact(blk).enumerate() {
             let q = &mut self.qs[i * blk..(i + 1) * blk];
@@ -94,6 +127,70 @@ impl QuantActs {
             };
             self.d[i * blk / 32..(i + 1) * blk / 32].fill(d);
         }
+        for b in 0..self.d.len() {
+            let sum = self.sum16[2 * b] + self.sum16[2 * b + 1];
+            self.corr128[b] = -128 * sum;
+            self.corr16[b] = -16 * sum;
+            self.dsum[b] = self.d[b] * sum as f32;
+        }
+        for (c, s) in self.corr32.iter_mut().zip(self.sum16.iter()) {
+            *c = -32 * s;
+        }
+    }
+}
+
+impl QuantActs {
+    fn prepare(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) -> RowsMut<'_> {
+        let blk = if style == ActStyle::Q8_K { 256 } else { 32 };
+        assert!(k.is_multiple_of(blk) && x.len() == m * k, "activations {m}x{k}, len {}", x.len());
+        self.m = m;
+        self.k = k;
+        self.qs.resize(m * k, 0);
+        self.d.resize(m * k / 32, 0.0);
+        self.sum16.resize(m * k / 16, 0);
+        self.corr128.resize(m * k / 32, 0);
+        self.corr16.resize(m * k / 32, 0);
+        self.dsum.resize(m * k / 32, 0.0);
+        self.corr32.resize(m * k / 16, 0);
+        RowsMut {
+            qs: &mut self.qs,
+            d: &mut self.d,
+            sum16: &mut self.sum16,
+            corr128: &mut self.corr128,
+            corr16: &mut self.corr16,
+            dsum: &mut self.dsum,
+            corr32: &mut self.corr32,
+        }
+    }
+
+    /// Quantizes `x` (m rows of k, k a multiple of 32; of 256 for Q8_K), reusing buffers.
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) {
+        self.prepare(x, m, k, style).fill(x, style);
+    }
+
+    /// As `quantize`, with the rows split over the pool's threads. Each row is
+    /// quantized by the same code whatever the split (batch invariance).
+    pub fn quantize_par(&mut self, pool: &Pool, x: &[f32], m: usize, k: usize, style: ActStyle) {
+        let nt = pool.threads().min(m);
+        if nt <= 1 {
+            return self.quantize(x, m, k, style);
+        }
+        let mut rest = self.prepare(x, m, k, style);
+        let mut parts = Vec::with_capacity(nt);
+        let mut r0 = 0;
+        for t in 0..nt {
+            let r1 = m * (t + 1) / nt;
+            let (head, tail) = rest.split(r1 - r0, k);
+            parts.push(Mutex::new(Some((head, &x[r0 * k..r1 * k]))));
+            rest = tail;
+            r0 = r1;
+        }
+        pool.run(&|t| {
+            let part = parts.get(t).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take());
+            if let Some((rows, xs)) = part {
+                rows.fill(xs, style);
+            }
+        });
     }
 }
 

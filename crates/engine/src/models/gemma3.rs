@@ -11,7 +11,7 @@ use std::sync::Arc;
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
 use specdec_kernels::quant::dequantize_row;
-use specdec_kernels::{attend, isa, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+use specdec_kernels::{attend_heads, isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
 use crate::weights::WeightSource;
 use crate::{EngineError, KvCache, LogitRows, Model};
@@ -195,23 +195,31 @@ impl Gemma3 {
         let local = c.is_local(layer);
         let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
         let out_ptr = SendPtr(out.as_mut_ptr());
-        let tasks = m * nh;
         let nt = self.pool.threads();
+        // Heads of a key/value group go through one pass (each key and value
+        // row read once for all of them); short passes split groups so every
+        // thread has work. Per-head arithmetic is the same either way.
+        let mut gs = group;
+        while gs % 2 == 0 && m * nh / gs < 2 * nt {
+            gs /= 2;
+        }
+        let per_row = nh / gs;
+        let tasks = m * per_row;
         self.pool.run(&|t| {
             let mut scores = Vec::new();
-            let mut acc = vec![0f32; hd];
+            let mut acc = vec![0f32; gs * hd];
             // Strided, not blocked: later rows attend to more positions, so
             // interleaving balances the threads.
             for task in (t..tasks).step_by(nt) {
-                let (i, h) = (task / nh, task % nh);
+                let (i, h0) = (task / per_row, (task % per_row) * gs);
                 let pos = pos0 + i;
                 let start = if local { (pos + 1).saturating_sub(c.window) } else { 0 };
-                let qh = &q[i * nh * hd + h * hd..][..hd];
-                let kvh = (h / group) * hd;
+                let qh = &q[i * nh * hd + h0 * hd..][..gs * hd];
+                let kvh = (h0 / group) * hd;
                 let (kh, vh) = (&kc[kvh..], &vc[kvh..]);
-                attend(self.isa, qh, kh, vh, kv_dim, start, pos, &mut scores, &mut acc);
-                // SAFETY: each (row, head) slice is written by exactly one task.
-                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(i * nh * hd + h * hd), hd) };
+                attend_heads(self.isa, gs, qh, kh, vh, kv_dim, start, pos, &mut scores, &mut acc);
+                // SAFETY: each (row, heads) slice is written by exactly one task.
+                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(i * nh * hd + h0 * hd), gs * hd) };
             }
         });
     }
@@ -348,8 +356,7 @@ impl Model for Gemma3 {
         let mut xs = x[first * d..].to_vec();
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let nr = m - first;
-        let mut logits = vec![0f32; nr * c.n_vocab];
-        self.mm(&xs, nr, &mut qa, &mut [MatmulJob { w: &self.output, out: &mut logits }]);
+        let mut logits = matmul_alloc(&self.pool, self.isa, &xs, nr, &mut qa, &self.output);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }

@@ -29,6 +29,19 @@ pub fn available() -> bool {
         && is_x86_feature_detected!("fma")
 }
 
+/// Bytes of weight groups processed together: every row tile passes over them
+/// while they sit in L1, so weights stream from memory once per pass.
+const CHUNK_BYTES: usize = 24 * 1024;
+
+const fn record_bytes(kind: u8) -> usize {
+    match kind {
+        K_Q8S => 544,
+        K_Q5S => 352,
+        K_Q4A => 384,
+        _ => 640,
+    }
+}
+
 /// # Safety
 /// `available()` must be true; `out` must cover `a.m` rows of `ld >= w.n`.
 pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
@@ -39,30 +52,38 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
         PackedKind::Q6S => K_Q6S,
         PackedKind::F32 => unreachable!(),
     };
-    let mut r0 = 0;
-    while r0 < a.m {
-        let mt = (a.m - r0).min(8);
-        macro_rules! go {
-            ($k:expr) => {
-                match mt {
-                    1 => tile::<$k, 1>(w, a, r0, g0, g1, out, ld),
-                    2 => tile::<$k, 2>(w, a, r0, g0, g1, out, ld),
-                    3 => tile::<$k, 3>(w, a, r0, g0, g1, out, ld),
-                    4 => tile::<$k, 4>(w, a, r0, g0, g1, out, ld),
-                    5 => tile::<$k, 5>(w, a, r0, g0, g1, out, ld),
-                    6 => tile::<$k, 6>(w, a, r0, g0, g1, out, ld),
-                    7 => tile::<$k, 7>(w, a, r0, g0, g1, out, ld),
-                    _ => tile::<$k, 8>(w, a, r0, g0, g1, out, ld),
-                }
-            };
+    let chunk = (CHUNK_BYTES / (w.blocks() * record_bytes(kind))).max(1);
+    let mut c0 = g0;
+    while c0 < g1 {
+        let c1 = (c0 + chunk).min(g1);
+        let mut r0 = 0;
+        while r0 < a.m {
+            let mt = (a.m - r0).min(8);
+            // Only the first tile over a chunk reads it from memory.
+            let pf = r0 == 0;
+            macro_rules! go {
+                ($k:expr) => {
+                    match mt {
+                        1 => tile::<$k, 1>(w, a, r0, c0, c1, out, ld, pf),
+                        2 => tile::<$k, 2>(w, a, r0, c0, c1, out, ld, pf),
+                        3 => tile::<$k, 3>(w, a, r0, c0, c1, out, ld, pf),
+                        4 => tile::<$k, 4>(w, a, r0, c0, c1, out, ld, pf),
+                        5 => tile::<$k, 5>(w, a, r0, c0, c1, out, ld, pf),
+                        6 => tile::<$k, 6>(w, a, r0, c0, c1, out, ld, pf),
+                        7 => tile::<$k, 7>(w, a, r0, c0, c1, out, ld, pf),
+                        _ => tile::<$k, 8>(w, a, r0, c0, c1, out, ld, pf),
+                    }
+                };
+            }
+            match kind {
+                K_Q8S => go!(K_Q8S),
+                K_Q5S => go!(K_Q5S),
+                K_Q4A => go!(K_Q4A),
+                _ => go!(K_Q6S),
+            }
+            r0 += mt;
         }
-        match kind {
-            K_Q8S => go!(K_Q8S),
-            K_Q5S => go!(K_Q5S),
-            K_Q4A => go!(K_Q4A),
-            _ => go!(K_Q6S),
-        }
-        r0 += mt;
+        c0 = c1;
     }
 }
 
@@ -114,7 +135,13 @@ unsafe fn decode<const KIND: u8>(rec: *const u8) -> [__m512i; 8] {
     }
 }
 
+/// Rows `r0..r0 + MT` times weight groups `g0..g1`.
+///
+/// Per row and 32-block the integer dot starts at the precomputed correction
+/// (`-c * sum(a)`, see `QuantActs`), so the epilogue is three vector ops:
+/// convert, scale (`s * d`), accumulate; everything else is a broadcast load.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const KIND: u8, const MT: usize>(
     w: &PackedMatrix,
     a: &QuantActs,
@@ -123,43 +150,47 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
     g1: usize,
     out: *mut f32,
     ld: usize,
+    prefetch: bool,
 ) {
     let nb = w.blocks();
-    let rb = match KIND {
-        K_Q8S => 544,
-        K_Q5S => 352,
-        K_Q4A => 384,
-        _ => 640,
-    };
-    let c: i32 = match KIND {
-        K_Q8S => 128,
-        K_Q5S => 16,
-        K_Q6S => 32,
-        _ => 0,
-    };
+    let rb = record_bytes(KIND);
     let base = w.q.as_slice().as_ptr();
+    let bc = |v: *const i32| _mm512_set1_epi32(*v);
+    let bf = |v: *const f32| _mm512_set1_ps(*v);
+    // Small tiles use a second chain per row (chunks 4..7) to hide vpdpbusd
+    // latency; Q6S needs it for its two half-block scales. The sums are exact
+    // integers, so the result equals the scalar reference either way.
+    let split = MT <= 4 || KIND == K_Q6S;
     for g in g0..g1 {
         let mut acc = [_mm512_setzero_ps(); MT];
         let grec = base.add(g * nb * rb);
         for b in 0..nb {
             let rec = grec.add(b * rb);
-            let mut p = 0;
-            while p < rb {
-                _mm_prefetch::<_MM_HINT_T1>(rec.wrapping_add(PREFETCH_AHEAD + p) as *const i8);
-                p += 64;
+            if prefetch {
+                let mut p = 0;
+                while p < rb {
+                    _mm_prefetch::<_MM_HINT_T1>(rec.wrapping_add(PREFETCH_AHEAD + p) as *const i8);
+                    p += 64;
+                }
             }
             let u = decode::<KIND>(rec);
-            // Integer block dots: chunks outer, rows inner, so the MT dependency
-            // chains interleave. Small tiles use a second chain per row (chunks
-            // 4..7) to hide vpdpbusd latency; the sums are exact integers, so the
-            // result is the same as the scalar reference either way.
-            let split = MT <= 4 || KIND == K_Q6S;
             let mut qp = [std::ptr::null::<i8>(); MT];
-            for (i, q) in qp.iter_mut().enumerate() {
-                *q = a.qs.as_ptr().add((r0 + i) * a.k + b * 32);
-            }
             let mut ai = [_mm512_setzero_si512(); MT];
             let mut ai2 = [_mm512_setzero_si512(); MT];
+            for i in 0..MT {
+                let rb_ = (r0 + i) * nb + b;
+                qp[i] = a.qs.as_ptr().add((r0 + i) * a.k + b * 32);
+                match KIND {
+                    K_Q8S => ai[i] = bc(a.corr128.as_ptr().add(rb_)),
+                    K_Q5S => ai[i] = bc(a.corr16.as_ptr().add(rb_)),
+                    K_Q6S => {
+                        ai[i] = bc(a.corr32.as_ptr().add(2 * rb_));
+                        ai2[i] = bc(a.corr32.as_ptr().add(2 * rb_ + 1));
+                    }
+                    _ => {}
+                }
+            }
+            // Chunks outer, rows inner, so the MT dependency chains interleave.
             for j in 0..4 {
                 for i in 0..MT {
                     ai[i] = _mm512_dpbusd_epi32(ai[i], u[j], bcast4(qp[i].add(4 * j)));
@@ -179,44 +210,29 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                     let so = if KIND == K_Q8S { 512 } else { 320 };
                     let s = _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(so) as *const _));
                     for i in 0..MT {
-                        let r = r0 + i;
-                        let da = *a.d.get_unchecked(r * nb + b);
-                        let asum =
-                            *a.sum16.get_unchecked(r * 2 * nb + 2 * b) + *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
-                        let mut tot = _mm512_add_epi32(ai[i], _mm512_set1_epi32(-c * asum));
-                        if split {
-                            tot = _mm512_add_epi32(tot, ai2[i]);
-                        }
-                        let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
-                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), sda, acc[i]);
+                        let da = bf(a.d.as_ptr().add((r0 + i) * nb + b));
+                        let tot = if split { _mm512_add_epi32(ai[i], ai2[i]) } else { ai[i] };
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(s, da), acc[i]);
                     }
                 }
                 K_Q4A => {
                     let s = _mm512_loadu_ps(rec.add(256) as *const f32);
                     let m = _mm512_loadu_ps(rec.add(320) as *const f32);
                     for i in 0..MT {
-                        let r = r0 + i;
-                        let da = *a.d.get_unchecked(r * nb + b);
-                        let asum =
-                            *a.sum16.get_unchecked(r * 2 * nb + 2 * b) + *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
+                        let rb_ = (r0 + i) * nb + b;
+                        let da = bf(a.d.as_ptr().add(rb_));
                         let tot = if split { _mm512_add_epi32(ai[i], ai2[i]) } else { ai[i] };
-                        let sda = _mm512_mul_ps(s, _mm512_set1_ps(da));
-                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), sda, acc[i]);
-                        acc[i] = _mm512_fnmadd_ps(m, _mm512_set1_ps(da * asum as f32), acc[i]);
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(s, da), acc[i]);
+                        acc[i] = _mm512_fnmadd_ps(m, bf(a.dsum.as_ptr().add(rb_)), acc[i]);
                     }
                 }
                 _ => {
                     let s0v = _mm512_loadu_ps(rec.add(512) as *const f32);
                     let s1v = _mm512_loadu_ps(rec.add(576) as *const f32);
                     for i in 0..MT {
-                        let r = r0 + i;
-                        let da = _mm512_set1_ps(*a.d.get_unchecked(r * nb + b));
-                        let s0 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b);
-                        let s1 = *a.sum16.get_unchecked(r * 2 * nb + 2 * b + 1);
-                        let t0 = _mm512_add_epi32(ai[i], _mm512_set1_epi32(-c * s0));
-                        let t1 = _mm512_add_epi32(ai2[i], _mm512_set1_epi32(-c * s1));
-                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), _mm512_mul_ps(s0v, da), acc[i]);
-                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), _mm512_mul_ps(s1v, da), acc[i]);
+                        let da = bf(a.d.as_ptr().add((r0 + i) * nb + b));
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[i]), _mm512_mul_ps(s0v, da), acc[i]);
+                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai2[i]), _mm512_mul_ps(s1v, da), acc[i]);
                     }
                 }
             }
@@ -305,6 +321,97 @@ pub unsafe fn attend(
     out: &mut [f32],
 ) {
     super::attend_with(|a, b| dot_f32(a, b), |s, x, y| axpy(s, x, y), q, k, v, stride, start, end, scores, out)
+}
+
+/// `G` query heads that share one key/value head, each with exactly the
+/// arithmetic of `attend` (same per-lane fma order, same reduction tree, same
+/// softmax), so the result equals G separate calls bit for bit. Sharing the
+/// pass lets each key and value row be loaded once for all G heads, and keeps
+/// 2G (scores) or 4G (values) independent fma chains in flight.
+/// `q` and `out` hold G heads of `hd` (a multiple of 16); `scores` G x n.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attend_heads<const G: usize>(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    start: usize,
+    end: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len() / G;
+    debug_assert!(hd.is_multiple_of(16) && out.len() == G * hd);
+    let n = end + 1 - start;
+    let nc = hd / 16;
+    scores.clear();
+    scores.resize(G * n, 0.0);
+    let (qp, kp, vp, sp) = (q.as_ptr(), k.as_ptr(), v.as_ptr(), scores.as_mut_ptr());
+    assert!(start <= end && end * stride + hd <= k.len().min(v.len()), "keys out of range");
+    // scores: two keys at a time
+    let mut j = 0;
+    while j < n {
+        let two = j + 1 < n;
+        let k0 = kp.add((start + j) * stride);
+        let k1 = if two { k0.add(stride) } else { k0 };
+        let mut a0 = [_mm512_setzero_ps(); G];
+        let mut a1 = [_mm512_setzero_ps(); G];
+        for c in 0..nc {
+            let kv0 = _mm512_loadu_ps(k0.add(16 * c));
+            let kv1 = _mm512_loadu_ps(k1.add(16 * c));
+            for h in 0..G {
+                let qv = _mm512_loadu_ps(qp.add(h * hd + 16 * c));
+                a0[h] = _mm512_fmadd_ps(qv, kv0, a0[h]);
+                a1[h] = _mm512_fmadd_ps(qv, kv1, a1[h]);
+            }
+        }
+        for h in 0..G {
+            *sp.add(h * n + j) = reduce16(a0[h]);
+            if two {
+                *sp.add(h * n + j + 1) = reduce16(a1[h]);
+            }
+        }
+        j += 2;
+    }
+    // softmax per head, as `attend_with`
+    for h in 0..G {
+        let s = &mut scores[h * n..(h + 1) * n];
+        let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0f32;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        s.iter_mut().for_each(|x| *x *= inv);
+    }
+    // values: four 16-lane chunks of every head at a time, keys in order
+    let sp = scores.as_ptr();
+    let mut c = 0;
+    while c < nc {
+        let cw = (nc - c).min(4);
+        let mut acc = [[_mm512_setzero_ps(); 4]; G];
+        for j in 0..n {
+            let vr = vp.add((start + j) * stride + 16 * c);
+            let mut vv = [_mm512_setzero_ps(); 4];
+            for t in 0..cw {
+                vv[t] = _mm512_loadu_ps(vr.add(16 * t));
+            }
+            for h in 0..G {
+                let p = _mm512_set1_ps(*sp.add(h * n + j));
+                for t in 0..cw {
+                    acc[h][t] = _mm512_fmadd_ps(p, vv[t], acc[h][t]);
+                }
+            }
+        }
+        for h in 0..G {
+            for t in 0..cw {
+                _mm512_storeu_ps(out.as_mut_ptr().add(h * hd + 16 * (c + t)), acc[h][t]);
+            }
+        }
+        c += cw;
+    }
 }
 
 /// Q8_0-style quantization of one 32-block (see `act.rs`); returns the scale.

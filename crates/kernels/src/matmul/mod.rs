@@ -58,19 +58,16 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// Row count from which activations are quantized in parallel.
+const PAR_QUANTIZE_ROWS: usize = 4;
+
 /// Runs every job on the same activations in one parallel region.
 /// `x` is m rows of k; `scratch` holds its quantized forms.
 pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScratch, jobs: &mut [MatmulJob]) {
     let k = jobs.first().map(|j| j.w.k).unwrap_or(0);
     assert_eq!(x.len(), m * k, "activations are not {m}x{k}");
-    let needs = |style| jobs.iter().any(|j| j.w.kind != PackedKind::F32 && j.w.act_style() == style);
-    if needs(ActStyle::Q8_0) {
-        scratch.q8_0.quantize(x, m, k, ActStyle::Q8_0);
-    }
-    if needs(ActStyle::Q8_K) {
-        scratch.q8_k.quantize(x, m, k, ActStyle::Q8_K);
-    }
-    let scratch: &ActScratch = scratch;
+    let ws: Vec<&PackedMatrix> = jobs.iter().map(|j| j.w).collect();
+    quantize_for(pool, x, m, k, scratch, &ws);
     let outs: Vec<(&PackedMatrix, SendPtr)> = jobs
         .iter_mut()
         .map(|j| {
@@ -79,9 +76,50 @@ pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScrat
             (j.w, SendPtr(j.out.as_mut_ptr()))
         })
         .collect();
+    run_jobs(pool, isa, x, m, scratch, &outs);
+}
+
+/// One matrix into a fresh m x w.n buffer, never zeroed first (for logits:
+/// zeroing 16 rows of a 262,144-word vocabulary costs more than a verify
+/// pass's attention).
+pub fn matmul_alloc(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScratch, w: &PackedMatrix) -> Vec<f32> {
+    assert_eq!(x.len(), m * w.k, "activations are not {m}x{}", w.k);
+    let n = m * w.n;
+    let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit needs no initialization.
+    unsafe { out.set_len(n) };
+    quantize_for(pool, x, m, w.k, scratch, std::slice::from_ref(&w));
+    run_jobs(pool, isa, x, m, scratch, &[(w, SendPtr(out.as_mut_ptr() as *mut f32))]);
+    let mut out = std::mem::ManuallyDrop::new(out);
+    // SAFETY: every kernel writes every column of every row of its group
+    // range, and the ranges cover all n columns; MaybeUninit<f32> has f32's layout.
+    unsafe { Vec::from_raw_parts(out.as_mut_ptr() as *mut f32, n, out.capacity()) }
+}
+
+fn quantize_for(pool: &Pool, x: &[f32], m: usize, k: usize, scratch: &mut ActScratch, ws: &[&PackedMatrix]) {
+    let needs = |style| ws.iter().any(|w| w.kind != PackedKind::F32 && w.act_style() == style);
+    // Quantizing a few rows costs less than waking the pool.
+    let quantize = |qa: &mut QuantActs, style| {
+        if m >= PAR_QUANTIZE_ROWS {
+            qa.quantize_par(pool, x, m, k, style)
+        } else {
+            qa.quantize(x, m, k, style)
+        }
+    };
+    if needs(ActStyle::Q8_0) {
+        quantize(&mut scratch.q8_0, ActStyle::Q8_0);
+    }
+    if needs(ActStyle::Q8_K) {
+        quantize(&mut scratch.q8_k, ActStyle::Q8_K);
+    }
+}
+
+/// Every output column range of every job, split over the pool's threads.
+/// Each job's output must cover m x w.n.
+fn run_jobs(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &ActScratch, outs: &[(&PackedMatrix, SendPtr)]) {
     let nt = pool.threads();
     pool.run(&|t| {
-        for (w, out) in &outs {
+        for (w, out) in outs {
             let ng = w.n_groups();
             let (g0, g1) = (ng * t / nt, ng * (t + 1) / nt);
             if g0 < g1 {
@@ -167,6 +205,41 @@ pub fn attend(
         // SAFETY: chosen only when available.
         Isa::Avx512Vnni => unsafe { avx512::attend(q, k, v, stride, start, end, scores, out) },
         _ => attend_with(scalar::dot_f32, |a, x, y| axpy(isa, a, x, y), q, k, v, stride, start, end, scores, out),
+    }
+}
+
+/// `attend` for `g` query heads that share one key/value head: `q` and `out`
+/// hold g heads of `hd` each. Equal bit for bit to g calls of `attend`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_heads(
+    isa: Isa,
+    g: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    start: usize,
+    end: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len() / g.max(1);
+    assert!(q.len() == g * hd && out.len() == g * hd, "q and out must hold {g} heads");
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && (1..=4).contains(&g) {
+        // SAFETY: chosen only when available; shapes checked above and in the kernel.
+        unsafe {
+            match g {
+                1 => avx512::attend_heads::<1>(q, k, v, stride, start, end, scores, out),
+                2 => avx512::attend_heads::<2>(q, k, v, stride, start, end, scores, out),
+                3 => avx512::attend_heads::<3>(q, k, v, stride, start, end, scores, out),
+                _ => avx512::attend_heads::<4>(q, k, v, stride, start, end, scores, out),
+            }
+        }
+        return;
+    }
+    for (qh, oh) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+        attend(isa, qh, k, v, stride, start, end, scores, oh);
     }
 }
 
