@@ -98,14 +98,15 @@ impl<'a> RowsMut<'a> {
                     f16::from_f32(amax / 127.0).to_f32()
                 }
                 ActStyle::Q8_K => {
-                    // The signed value of largest magnitude (first one on ties).
-                    let (mut amax, mut max) = (0f32, 0f32);
-                    for &v in xb {
-                        if v.abs() > amax {
-                            amax = v.abs();
-                            max = v;
-                        }
-                    }
+                    #[cfg(target_arch = "x86_64")]
+                    let (amax, max) = if simd {
+                        // SAFETY: as above.
+                        unsafe { crate::matmul::avx512::signed_absmax(xb) }
+                    } else {
+                        signed_absmax_scalar(xb)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let (amax, max) = signed_absmax_scalar(xb);
                     if amax == 0.0 {
                         q.fill(0);
                         s16.fill(0);
@@ -194,6 +195,18 @@ impl QuantActs {
     }
 }
 
+/// The signed value of largest magnitude (first one on ties), with its magnitude.
+pub(crate) fn signed_absmax_scalar(xb: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in xb {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
 fn quantize_q8_0_scalar(xb: &[f32], q: &mut [i8], s16: &mut [i32]) -> f32 {
     let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -250,6 +263,12 @@ mod tests {
                 let (mut s1, mut s2) = (vec![0; 2], vec![0; 2]);
                 let a1 = quantize_q8_0_scalar(&x[..32], &mut q1, &mut s1);
                 let a2 = unsafe { crate::matmul::avx512::quantize_block_q8_0(&x[..32], &mut q2, &mut s2) };
+                let mut y = x.clone();
+                y[200] = -y.iter().fold(0f32, |a, v| a.max(v.abs())); // a tie of magnitudes, opposite signs
+                y[201] = -y[200];
+                for xs in [&x[..], &y[..], &x[..32], &x[..16], &x[..17]] {
+                    assert_eq!(signed_absmax_scalar(xs), unsafe { crate::matmul::avx512::signed_absmax(xs) });
+                }
                 assert_eq!((a1, &q1, &s1), (a2, &q2, &s2));
                 let (mut k1, mut k2) = (vec![0i8; 256], vec![0i8; 256]);
                 let (mut t1, mut t2) = (vec![0; 16], vec![0; 16]);

@@ -219,7 +219,9 @@ impl Gemma3 {
                 let (kh, vh) = (&kc[kvh..], &vc[kvh..]);
                 attend_heads(self.isa, gs, qh, kh, vh, kv_dim, start, pos, &mut scores, &mut acc);
                 // SAFETY: each (row, heads) slice is written by exactly one task.
-                unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(i * nh * hd + h0 * hd), gs * hd) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(i * nh * hd + h0 * hd), gs * hd)
+                };
             }
         });
     }

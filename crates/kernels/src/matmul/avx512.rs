@@ -52,26 +52,32 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
         PackedKind::Q6S => K_Q6S,
         PackedKind::F32 => unreachable!(),
     };
-    let chunk = (CHUNK_BYTES / (w.blocks() * record_bytes(kind))).max(1);
+    let gbytes = w.blocks() * record_bytes(kind);
+    let chunk = (CHUNK_BYTES / gbytes).max(1);
+    let tiles = a.m.div_ceil(8);
+    // Every tile pass over a chunk prefetches its share of what lies ahead,
+    // so memory stays busy while later tiles compute on cached weights.
+    let mut pf = Prefetch {
+        at: w.q.as_slice().as_ptr().wrapping_add(g0 * gbytes + PREFETCH_AHEAD),
+        per_record: record_bytes(kind).div_ceil(tiles),
+    };
     let mut c0 = g0;
     while c0 < g1 {
         let c1 = (c0 + chunk).min(g1);
         let mut r0 = 0;
         while r0 < a.m {
             let mt = (a.m - r0).min(8);
-            // Only the first tile over a chunk reads it from memory.
-            let pf = r0 == 0;
             macro_rules! go {
                 ($k:expr) => {
                     match mt {
-                        1 => tile::<$k, 1>(w, a, r0, c0, c1, out, ld, pf),
-                        2 => tile::<$k, 2>(w, a, r0, c0, c1, out, ld, pf),
-                        3 => tile::<$k, 3>(w, a, r0, c0, c1, out, ld, pf),
-                        4 => tile::<$k, 4>(w, a, r0, c0, c1, out, ld, pf),
-                        5 => tile::<$k, 5>(w, a, r0, c0, c1, out, ld, pf),
-                        6 => tile::<$k, 6>(w, a, r0, c0, c1, out, ld, pf),
-                        7 => tile::<$k, 7>(w, a, r0, c0, c1, out, ld, pf),
-                        _ => tile::<$k, 8>(w, a, r0, c0, c1, out, ld, pf),
+                        1 => tile::<$k, 1>(w, a, r0, c0, c1, out, ld, &mut pf),
+                        2 => tile::<$k, 2>(w, a, r0, c0, c1, out, ld, &mut pf),
+                        3 => tile::<$k, 3>(w, a, r0, c0, c1, out, ld, &mut pf),
+                        4 => tile::<$k, 4>(w, a, r0, c0, c1, out, ld, &mut pf),
+                        5 => tile::<$k, 5>(w, a, r0, c0, c1, out, ld, &mut pf),
+                        6 => tile::<$k, 6>(w, a, r0, c0, c1, out, ld, &mut pf),
+                        7 => tile::<$k, 7>(w, a, r0, c0, c1, out, ld, &mut pf),
+                        _ => tile::<$k, 8>(w, a, r0, c0, c1, out, ld, &mut pf),
                     }
                 };
             }
@@ -84,6 +90,25 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
             r0 += mt;
         }
         c0 = c1;
+    }
+}
+
+/// A cursor that runs ahead of the weights being read.
+struct Prefetch {
+    at: *const u8,
+    /// Bytes to prefetch per record processed.
+    per_record: usize,
+}
+
+impl Prefetch {
+    #[inline(always)]
+    unsafe fn step(&mut self) {
+        let mut p = 0;
+        while p < self.per_record {
+            _mm_prefetch::<_MM_HINT_T1>(self.at.wrapping_add(p) as *const i8);
+            p += 64;
+        }
+        self.at = self.at.wrapping_add(self.per_record);
     }
 }
 
@@ -150,7 +175,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
     g1: usize,
     out: *mut f32,
     ld: usize,
-    prefetch: bool,
+    pf: &mut Prefetch,
 ) {
     let nb = w.blocks();
     let rb = record_bytes(KIND);
@@ -166,13 +191,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
         let grec = base.add(g * nb * rb);
         for b in 0..nb {
             let rec = grec.add(b * rb);
-            if prefetch {
-                let mut p = 0;
-                while p < rb {
-                    _mm_prefetch::<_MM_HINT_T1>(rec.wrapping_add(PREFETCH_AHEAD + p) as *const i8);
-                    p += 64;
-                }
-            }
+            pf.step();
             let u = decode::<KIND>(rec);
             let mut qp = [std::ptr::null::<i8>(); MT];
             let mut ai = [_mm512_setzero_si512(); MT];
@@ -429,6 +448,27 @@ pub unsafe fn quantize_block_q8_0(x: &[f32], q: &mut [i8], sum16: &mut [i32]) ->
     sum16[0] = _mm512_reduce_add_epi32(qa);
     sum16[1] = _mm512_reduce_add_epi32(qb);
     amax
+}
+
+/// The largest |v| of `x` and the first value that has it (a Q8_K block's
+/// signed max); `(0, 0)` for an all-zero block. Same answer as the scalar scan.
+#[target_feature(enable = "avx512f,avx512dq")]
+pub unsafe fn signed_absmax(x: &[f32]) -> (f32, f32) {
+    let mut m = _mm512_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= x.len() {
+        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(i))));
+        i += 16;
+    }
+    let mut amax = _mm512_reduce_max_ps(m);
+    for &v in &x[i..] {
+        amax = amax.max(v.abs());
+    }
+    if amax == 0.0 || amax.is_nan() {
+        return crate::act::signed_absmax_scalar(x);
+    }
+    let first = x.iter().position(|v| v.abs() == amax).unwrap_or(0);
+    (amax, x[first])
 }
 
 /// Q8_K-style quantization of one 256-block with scale `iscale`.

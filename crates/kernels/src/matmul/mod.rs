@@ -82,7 +82,14 @@ pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScrat
 /// One matrix into a fresh m x w.n buffer, never zeroed first (for logits:
 /// zeroing 16 rows of a 262,144-word vocabulary costs more than a verify
 /// pass's attention).
-pub fn matmul_alloc(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScratch, w: &PackedMatrix) -> Vec<f32> {
+pub fn matmul_alloc(
+    pool: &Pool,
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    scratch: &mut ActScratch,
+    w: &PackedMatrix,
+) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k, "activations are not {m}x{}", w.k);
     let n = m * w.n;
     let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
