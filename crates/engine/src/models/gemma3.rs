@@ -200,7 +200,7 @@ impl Gemma3 {
         // row read once for all of them); short passes split groups so every
         // thread has work. Per-head arithmetic is the same either way.
         let mut gs = group;
-        while gs % 2 == 0 && m * nh / gs < 2 * nt {
+        while gs.is_multiple_of(2) && m * nh / gs < 2 * nt {
             gs /= 2;
         }
         let per_row = nh / gs;
