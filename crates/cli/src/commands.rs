@@ -16,7 +16,7 @@ use specdec_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::{ModelArgs, SampleArgs, SpecArgs};
 
-fn model_path(args: &ModelArgs) -> Result<PathBuf> {
+pub fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     if let Some(p) = &args.model {
         if !p.exists() {
             bail!("model file {} does not exist", p.display());

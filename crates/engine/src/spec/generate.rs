@@ -1,4 +1,5 @@
-//! The speculative decoding loop.
+//! The speculative decoding loop, as a step-wise session (so a server can
+//! interleave many, and batch their target passes) and as one call.
 //!
 //! Invariant: the target cache holds every context token except the last
 //! emitted one (`last`). Each step runs `[last, d1..dk]` through the target
@@ -8,8 +9,10 @@
 use std::time::Instant;
 
 use super::verify::{verify, Dist};
+use super::Draft;
 use super::{Controller, Drafter};
 use crate::generate::GenStats;
+use crate::kv::KvCache;
 use crate::rng::Rng;
 use crate::sampler::{probs, SamplingParams};
 use crate::{EngineError, LogitRows, Model};
@@ -48,6 +51,193 @@ pub struct SpecOutput {
     pub stopped_on_eog: bool,
 }
 
+/// One request's speculative generation, advanced one target pass at a time:
+/// `plan` says what the target must run (on `cache`), `absorb` takes the
+/// logits back. The first pass is the prompt's prefill.
+pub struct Session {
+    /// The target's KV cache for this request.
+    pub cache: KvCache,
+    ctx: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens emitted so far.
+    pub out: Vec<u32>,
+    max_new: usize,
+    params: SamplingParams,
+    rng: Rng,
+    pub stats: GenStats,
+    pub spec: SpecStats,
+    pub stopped_on_eog: bool,
+    prefilled: bool,
+    /// The draft riding on the planned pass.
+    pending: Draft,
+    /// Cache length before the planned pass.
+    base: usize,
+    t_decode: Option<Instant>,
+}
+
+/// What the target runs next for a session.
+pub struct Pass {
+    pub tokens: Vec<u32>,
+    pub rows: LogitRows,
+}
+
+impl Session {
+    pub fn new(
+        model: &dyn Model,
+        prompt: &[u32],
+        max_new: usize,
+        max_k: usize,
+        params: &SamplingParams,
+    ) -> Result<Session, EngineError> {
+        // Room for drafts beyond the output when the model's context allows; near
+        // the context limit drafts shrink rather than fail (plain decoding would fit).
+        let cache = model.new_cache(prompt.len() + max_new + max_k + 1);
+        if prompt.len() + max_new > cache.capacity {
+            return Err(EngineError::ContextFull { need: prompt.len() + max_new, capacity: cache.capacity });
+        }
+        Ok(Session {
+            cache,
+            ctx: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            out: Vec::with_capacity(max_new),
+            max_new,
+            params: params.clone(),
+            rng: Rng::new(params.seed),
+            stats: GenStats { prompt_tokens: prompt.len(), ..Default::default() },
+            spec: SpecStats { accepted_per_pos: vec![0; max_k], ..Default::default() },
+            stopped_on_eog: false,
+            prefilled: false,
+            pending: Draft::default(),
+            base: 0,
+            t_decode: None,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.stopped_on_eog || self.out.len() >= self.max_new || self.prompt_len == 0
+    }
+
+    /// The next target pass: the prompt first, then `[last, draft..]`.
+    pub fn plan(&mut self, model: &dyn Model, drafter: &mut dyn Drafter, ctl: &mut Controller) -> Pass {
+        self.base = self.cache.len();
+        if !self.prefilled {
+            return Pass { tokens: self.ctx.clone(), rows: LogitRows::Last };
+        }
+        let remaining = self.max_new - self.out.len();
+        // Never draft past the token budget: the bonus always comes on top.
+        let room = self.cache.capacity.saturating_sub(self.cache.len() + 1);
+        let budget = ctl.draft_budget().min(remaining - 1).min(room);
+        let mut draft = if budget > 0 {
+            let td = Instant::now();
+            let mut d = drafter.propose(&self.ctx, budget);
+            let dt = td.elapsed().as_secs_f64();
+            self.spec.draft_s += dt;
+            d.truncate(budget);
+            ctl.observe_draft(d.len(), dt);
+            d
+        } else {
+            Draft::default()
+        };
+        let k = ctl.choose(&draft.confidence);
+        draft.truncate(k);
+        if !draft.q.is_empty() && draft.q.len() != draft.len() {
+            draft.q.clear();
+        }
+        // Out-of-vocabulary draft ids cannot be fed to the target: cut the
+        // draft there (they would be rejected anyway).
+        let vocab = model.vocab_size() as u32;
+        let valid = draft.tokens.iter().take_while(|&&t| t < vocab).count();
+        draft.truncate(valid);
+        let last = *self.ctx.last().expect("context is never empty");
+        let mut tokens = Vec::with_capacity(draft.len() + 1);
+        tokens.push(last);
+        tokens.extend_from_slice(&draft.tokens);
+        self.pending = draft;
+        Pass { tokens, rows: LogitRows::All }
+    }
+
+    /// Takes the logits of the planned pass (run in `secs`), verifies, and
+    /// returns the tokens emitted by this step.
+    #[allow(clippy::too_many_arguments)]
+    pub fn absorb(
+        &mut self,
+        model: &dyn Model,
+        logits: &[f32],
+        secs: f64,
+        drafter: &mut dyn Drafter,
+        ctl: &mut Controller,
+        is_eog: &dyn Fn(u32) -> bool,
+    ) -> Vec<u32> {
+        let n_vocab = model.vocab_size();
+        if !self.prefilled {
+            self.prefilled = true;
+            self.stats.prefill_s = secs;
+            self.t_decode = Some(Instant::now());
+            drafter.begin(&self.ctx);
+            let p = probs(&logits[..n_vocab], &self.params, &self.ctx);
+            let first = verify(&[], &[], &[p], &mut self.rng).bonus;
+            self.emit(first, is_eog);
+            drafter.accept(&[first]);
+            self.touch_stats();
+            return vec![first];
+        }
+        self.stats.target_passes += 1;
+        let draft = std::mem::take(&mut self.pending);
+        let k = draft.len();
+        let mut hist = self.ctx.clone();
+        let p: Vec<Dist> = (0..=k)
+            .map(|i| {
+                let d = probs(&logits[i * n_vocab..(i + 1) * n_vocab], &self.params, &hist);
+                if i < k {
+                    hist.push(draft.tokens[i]);
+                }
+                d
+            })
+            .collect();
+        let v = verify(&draft.tokens, &draft.q, &p, &mut self.rng);
+        ctl.observe(k, v.accepted, secs);
+        self.cache.truncate(self.base + 1 + v.accepted);
+        if k > 0 {
+            self.spec.num_drafts += 1;
+            self.spec.num_draft_tokens += k;
+            self.spec.num_accepted_tokens += v.accepted;
+            for slot in self.spec.accepted_per_pos.iter_mut().take(v.accepted) {
+                *slot += 1;
+            }
+        }
+        let mut new_tokens = Vec::with_capacity(v.accepted + 1);
+        for &t in draft.tokens[..v.accepted].iter().chain(std::iter::once(&v.bonus)) {
+            if self.out.len() >= self.max_new {
+                break;
+            }
+            new_tokens.push(t);
+            if self.emit(t, is_eog) {
+                break;
+            }
+        }
+        drafter.accept(&new_tokens);
+        self.touch_stats();
+        new_tokens
+    }
+
+    /// Emits `t`; true when it ends generation.
+    fn emit(&mut self, t: u32, is_eog: &dyn Fn(u32) -> bool) -> bool {
+        self.out.push(t);
+        self.ctx.push(t);
+        if is_eog(t) {
+            self.stopped_on_eog = true;
+        }
+        self.stopped_on_eog
+    }
+
+    fn touch_stats(&mut self) {
+        self.stats.new_tokens = self.out.len();
+        if let Some(t) = self.t_decode {
+            self.stats.decode_s = t.elapsed().as_secs_f64();
+        }
+    }
+}
+
 /// Generates up to `max_new` tokens after `prompt` with speculative decoding.
 /// Output equals `generate::generate` with the same params (greedy: token for
 /// token; sampled with a deterministic drafter: token for token for the same
@@ -63,119 +253,22 @@ pub fn generate_spec(
     is_eog: &dyn Fn(u32) -> bool,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<SpecOutput, EngineError> {
-    let mut stats = GenStats { prompt_tokens: prompt.len(), ..Default::default() };
-    let mut spec = SpecStats { accepted_per_pos: vec![0; ctl.max_k], ..Default::default() };
-    let mut out: Vec<u32> = Vec::with_capacity(max_new);
-    let mut stopped_on_eog = false;
     if prompt.is_empty() || max_new == 0 {
-        return Ok(SpecOutput { tokens: out, stats, spec, stopped_on_eog });
+        let stats = GenStats { prompt_tokens: prompt.len(), ..Default::default() };
+        let spec = SpecStats { accepted_per_pos: vec![0; ctl.max_k], ..Default::default() };
+        return Ok(SpecOutput { tokens: Vec::new(), stats, spec, stopped_on_eog: false });
     }
-    // Room for drafts beyond the output when the model's context allows; near
-    // the context limit drafts shrink rather than fail (plain decoding would fit).
-    let mut cache = model.new_cache(prompt.len() + max_new + ctl.max_k + 1);
-    if prompt.len() + max_new > cache.capacity {
-        return Err(EngineError::ContextFull { need: prompt.len() + max_new, capacity: cache.capacity });
-    }
-    let vocab = model.vocab_size() as u32;
-    let mut rng = Rng::new(params.seed);
-    let mut ctx: Vec<u32> = prompt.to_vec();
-
-    let t0 = Instant::now();
-    let logits = model.forward(&mut cache, prompt, LogitRows::Last)?;
-    stats.prefill_s = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    drafter.begin(prompt);
-
-    let first = {
-        let p = probs(&logits, params, &ctx);
-        verify(&[], &[], &[p], &mut rng).bonus
-    };
-    let mut emit = |t: u32, out: &mut Vec<u32>, ctx: &mut Vec<u32>| -> bool {
-        out.push(t);
-        ctx.push(t);
-        on_token(t);
-        is_eog(t)
-    };
-    if emit(first, &mut out, &mut ctx) {
-        stopped_on_eog = true;
-    }
-    drafter.accept(&[first]);
-
-    while !stopped_on_eog && out.len() < max_new {
-        let remaining = max_new - out.len();
-        // Never draft past the token budget: the bonus always comes on top.
-        let room = cache.capacity.saturating_sub(cache.len() + 1);
-        let budget = ctl.draft_budget().min(remaining - 1).min(room);
-        let mut draft = if budget > 0 {
-            let td = Instant::now();
-            let mut d = drafter.propose(&ctx, budget);
-            let dt = td.elapsed().as_secs_f64();
-            spec.draft_s += dt;
-            d.truncate(budget);
-            ctl.observe_draft(d.len(), dt);
-            d
-        } else {
-            Default::default()
-        };
-        let k = ctl.choose(&draft.confidence);
-        draft.truncate(k);
-        if !draft.q.is_empty() && draft.q.len() != draft.len() {
-            draft.q.clear();
+    let mut s = Session::new(model, prompt, max_new, ctl.max_k, params)?;
+    while !s.is_done() {
+        let pass = s.plan(model, drafter, ctl);
+        let t = Instant::now();
+        let logits = model.forward(&mut s.cache, &pass.tokens, pass.rows)?;
+        let secs = t.elapsed().as_secs_f64();
+        for t in s.absorb(model, &logits, secs, drafter, ctl, is_eog) {
+            on_token(t);
         }
-
-        let last = *ctx.last().expect("context is never empty");
-        let mut batch = Vec::with_capacity(k + 1);
-        batch.push(last);
-        // Out-of-vocabulary draft ids cannot be fed to the target: cut the
-        // draft there (they would be rejected anyway).
-        let valid = draft.tokens.iter().take_while(|&&t| t < vocab).count();
-        draft.truncate(valid);
-        let k = draft.len();
-        batch.extend_from_slice(&draft.tokens);
-
-        let base = cache.len();
-        let tv = Instant::now();
-        let logits = model.forward(&mut cache, &batch, LogitRows::All)?;
-        let secs = tv.elapsed().as_secs_f64();
-        stats.target_passes += 1;
-
-        let n_vocab = model.vocab_size();
-        let mut hist = ctx.clone();
-        let p: Vec<Dist> = (0..=k)
-            .map(|i| {
-                let d = probs(&logits[i * n_vocab..(i + 1) * n_vocab], params, &hist);
-                if i < k {
-                    hist.push(draft.tokens[i]);
-                }
-                d
-            })
-            .collect();
-        let v = verify(&draft.tokens, &draft.q, &p, &mut rng);
-        ctl.observe(k, v.accepted, secs);
-        cache.truncate(base + 1 + v.accepted);
-        if k > 0 {
-            spec.num_drafts += 1;
-            spec.num_draft_tokens += k;
-            spec.num_accepted_tokens += v.accepted;
-            for slot in spec.accepted_per_pos.iter_mut().take(v.accepted) {
-                *slot += 1;
-            }
-        }
-        let mut new_tokens = Vec::with_capacity(v.accepted + 1);
-        for &t in draft.tokens[..v.accepted].iter().chain(std::iter::once(&v.bonus)) {
-            if out.len() >= max_new {
-                break;
-            }
-            new_tokens.push(t);
-            if emit(t, &mut out, &mut ctx) {
-                stopped_on_eog = true;
-                break;
-            }
-        }
-        drafter.accept(&new_tokens);
     }
     drafter.end();
-    stats.decode_s = t1.elapsed().as_secs_f64();
-    stats.new_tokens = out.len();
-    Ok(SpecOutput { tokens: out, stats, spec, stopped_on_eog })
+    s.touch_stats();
+    Ok(SpecOutput { tokens: s.out, stats: s.stats, spec: s.spec, stopped_on_eog: s.stopped_on_eog })
 }

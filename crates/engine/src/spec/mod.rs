@@ -22,4 +22,4 @@ pub mod verify;
 
 pub use controller::Controller;
 pub use drafter::{Draft, Drafter};
-pub use generate::{generate_spec, SpecOutput, SpecStats};
+pub use generate::{generate_spec, Pass, Session, SpecOutput, SpecStats};

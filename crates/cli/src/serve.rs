@@ -1,0 +1,95 @@
+//! `specdec serve`: loads the model and runs the HTTP server until SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use specdec_server::engine::DrafterKind;
+use specdec_server::{serve as run_server, ServerConfig};
+
+use crate::commands::{load_model, model_path};
+use crate::ModelArgs;
+
+pub struct Options {
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    pub max_concurrent: usize,
+    pub max_queue: usize,
+    pub ctx: usize,
+    pub drafter: String,
+    pub draft_max: usize,
+    pub body_limit: usize,
+    pub model_id: Option<String>,
+}
+
+pub fn serve(margs: &ModelArgs, o: Options) -> Result<()> {
+    let drafter = DrafterKind::parse(&o.drafter)
+        .with_context(|| format!("unknown drafter {:?} for the server: use none, ngram or suffix", o.drafter))?;
+    if o.max_concurrent == 0 || o.max_concurrent > 256 {
+        bail!("--max-concurrent must be in 1..=256");
+    }
+    if o.draft_max == 0 || o.draft_max > 64 {
+        bail!("--draft-max must be in 1..=64");
+    }
+    if o.ctx < 16 {
+        bail!("--ctx must be at least 16");
+    }
+    let path = model_path(margs)?;
+    let model_id = o.model_id.unwrap_or_else(|| {
+        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "specdec".into())
+    });
+    let loaded = Arc::new(load_model(margs, false)?);
+    let api_key = o.api_key.or_else(|| std::env::var("SPECDEC_API_KEY").ok()).filter(|k| !k.is_empty());
+    let cfg = ServerConfig {
+        model_id,
+        api_key,
+        max_concurrent: o.max_concurrent,
+        max_queue: o.max_queue,
+        ctx: o.ctx.min(loaded.model.max_context()),
+        drafter,
+        draft_max: o.draft_max,
+        body_limit: o.body_limit,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", o.host, o.port);
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+        eprintln!(
+            "specdec serving {} on http://{} (drafter {}, draft max {}, {} concurrent, context {})",
+            cfg.model_id,
+            listener.local_addr()?,
+            o.drafter,
+            cfg.draft_max,
+            cfg.max_concurrent,
+            cfg.ctx
+        );
+        run_server(listener, loaded, cfg, shutdown_signal()).await.context("serving")?;
+        eprintln!("specdec: shut down cleanly");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

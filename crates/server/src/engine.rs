@@ -1,0 +1,338 @@
+//! The engine thread: owns the target model, admits queued requests up to
+//! `max_concurrent`, and advances every active sequence by one target pass per
+//! round (plain or speculative), streaming emitted text back to the request's
+//! handler.
+//!
+//! Invariants:
+//! - A sequence lives (holds a KV cache) only while it is active; it is freed
+//!   when it finishes, when its handler went away (client disconnect: the
+//!   event channel is closed), or on an engine error. A queued request whose
+//!   handler went away is dropped from the queue before it is ever admitted.
+//! - One request's failure never touches another's sequence.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use specdec_engine::sampler::SamplingParams;
+use specdec_engine::spec::ngram::NgramDrafter;
+use specdec_engine::spec::suffix::SuffixDrafter;
+use specdec_engine::spec::{Controller, Drafter, Session, SpecStats};
+use specdec_engine::Loaded;
+use specdec_tokenizer::StreamDecoder;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Which training-free drafter the server uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrafterKind {
+    None,
+    Ngram,
+    Suffix,
+}
+
+impl DrafterKind {
+    pub fn parse(s: &str) -> Option<DrafterKind> {
+        match s {
+            "none" => Some(DrafterKind::None),
+            "ngram" => Some(DrafterKind::Ngram),
+            "suffix" => Some(DrafterKind::Suffix),
+            _ => None,
+        }
+    }
+    fn make(self) -> Option<Box<dyn Drafter + Send>> {
+        match self {
+            DrafterKind::None => None,
+            DrafterKind::Ngram => Some(Box::new(NgramDrafter::default())),
+            DrafterKind::Suffix => Some(Box::new(SuffixDrafter::default())),
+        }
+    }
+}
+
+/// What the engine sends back for a request.
+#[derive(Debug)]
+pub enum Event {
+    /// New text (never a split UTF-8 character; stop strings held back until decided).
+    Text(String),
+    Done(Finish),
+    Error(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// "stop" (end of sequence or a stop string) or "length".
+    pub reason: &'static str,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub spec: SpecStats,
+    pub speculated: bool,
+}
+
+/// A request as the engine sees it.
+pub struct Job {
+    pub prompt: Vec<u32>,
+    pub max_new: usize,
+    pub params: SamplingParams,
+    pub stop: Vec<String>,
+    pub speculate: bool,
+    pub draft_max: Option<usize>,
+    pub tx: mpsc::UnboundedSender<Event>,
+    pub received: Instant,
+}
+
+/// The queue between handlers and the engine thread.
+pub struct Queue {
+    jobs: Mutex<VecDeque<Job>>,
+    wake: Condvar,
+    pub max_waiting: usize,
+    pub shutdown: AtomicBool,
+    /// Live sequences (each holds a KV cache).
+    pub live: AtomicUsize,
+}
+
+impl Queue {
+    pub fn new(max_waiting: usize) -> Queue {
+        Queue {
+            jobs: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            max_waiting,
+            shutdown: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    /// Enqueues; false (and the job dropped) when the queue is full.
+    pub fn push(&self, job: Job) -> bool {
+        let mut q = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= self.max_waiting {
+            return false;
+        }
+        q.push_back(job);
+        self.wake.notify_one();
+        true
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Wakes the engine (e.g. to notice a shutdown).
+    pub fn notify(&self) {
+        self.wake.notify_all();
+    }
+}
+
+pub struct EngineConfig {
+    pub drafter: DrafterKind,
+    pub draft_max: usize,
+    pub max_concurrent: usize,
+}
+
+struct Active {
+    job: Job,
+    session: Session,
+    drafter: Option<Box<dyn Drafter + Send>>,
+    ctl: Controller,
+    decoder: StreamDecoder,
+    /// Decoded text so far and how much of it was sent.
+    text: String,
+    sent: usize,
+    first_token_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+}
+
+/// A drafter that proposes nothing: k = 0 is exactly plain decoding.
+struct NoDraft;
+impl Drafter for NoDraft {
+    fn name(&self) -> String {
+        "none".into()
+    }
+    fn begin(&mut self, _: &[u32]) {}
+    fn propose(&mut self, _: &[u32], _: usize) -> specdec_engine::spec::Draft {
+        Default::default()
+    }
+    fn accept(&mut self, _: &[u32]) {}
+}
+
+/// Runs until `queue.shutdown` is set and no work is left.
+pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: Arc<Metrics>) {
+    let model = loaded.model.as_ref();
+    let tok = &loaded.tokenizer;
+    let is_eog = |t: u32| tok.is_eog(t);
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        // Admit queued requests; drop those whose client left.
+        {
+            let mut q = queue.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let before = q.len();
+            q.retain(|j| !j.tx.is_closed());
+            metrics.cancelled(before - q.len());
+            while active.len() < cfg.max_concurrent {
+                let Some(job) = q.pop_front() else { break };
+                let k_max = job.draft_max.unwrap_or(cfg.draft_max).min(cfg.draft_max.max(1));
+                let drafter = if job.speculate { cfg.drafter.make() } else { None };
+                let ctl = Controller::new(k_max.max(1));
+                match Session::new(
+                    model,
+                    &job.prompt,
+                    job.max_new,
+                    if drafter.is_some() { k_max } else { 0 },
+                    &job.params,
+                ) {
+                    Ok(session) => {
+                        queue.live.fetch_add(1, Ordering::SeqCst);
+                        active.push(Active {
+                            job,
+                            session,
+                            drafter,
+                            ctl,
+                            decoder: StreamDecoder::new(),
+                            text: String::new(),
+                            sent: 0,
+                            first_token_at: None,
+                            last_token_at: None,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = job.tx.send(Event::Error(e.to_string()));
+                    }
+                }
+            }
+            metrics.set_queue(q.len(), active.len());
+            if active.is_empty() {
+                if queue.shutdown.load(Ordering::SeqCst) && q.is_empty() {
+                    return;
+                }
+                let _unused = queue.wake.wait_timeout(q, std::time::Duration::from_millis(200));
+                continue;
+            }
+        }
+
+        // One target pass per active sequence.
+        let mut i = 0;
+        while i < active.len() {
+            let a = &mut active[i];
+            let finished = if a.job.tx.is_closed() {
+                metrics.cancelled(1);
+                true
+            } else {
+                step(a, model, tok, &is_eog, &metrics)
+            };
+            if finished {
+                active.swap_remove(i);
+                queue.live.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// One pass for one sequence; true when it is finished (sent Done or Error).
+fn step(
+    a: &mut Active,
+    model: &dyn specdec_engine::Model,
+    tok: &specdec_tokenizer::Tokenizer,
+    is_eog: &dyn Fn(u32) -> bool,
+    metrics: &Metrics,
+) -> bool {
+    let mut none = NoDraft;
+    let drafter: &mut dyn Drafter = match a.drafter.as_mut() {
+        Some(d) => d.as_mut(),
+        None => &mut none,
+    };
+    let pass = a.session.plan(model, drafter, &mut a.ctl);
+    let t = Instant::now();
+    let logits = match model.forward(&mut a.session.cache, &pass.tokens, pass.rows) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = a.job.tx.send(Event::Error(e.to_string()));
+            metrics.failed();
+            return true;
+        }
+    };
+    let secs = t.elapsed().as_secs_f64();
+    let before = a.session.spec.clone();
+    let new = a.session.absorb(model, &logits, secs, drafter, &mut a.ctl, is_eog);
+    metrics.spec_step(&before, &a.session.spec);
+    let now = Instant::now();
+    if !new.is_empty() {
+        if a.first_token_at.is_none() {
+            a.first_token_at = Some(now);
+            metrics.ttft(now.duration_since(a.job.received).as_secs_f64());
+        } else if let Some(prev) = a.last_token_at {
+            // Tokens of one pass arrive together: spread the gap over them.
+            let gap = now.duration_since(prev).as_secs_f64() / new.len() as f64;
+            for _ in 0..new.len() {
+                metrics.itl(gap);
+            }
+        }
+        a.last_token_at = Some(now);
+    }
+    for &t in &new {
+        if !is_eog(t) {
+            a.text.push_str(&a.decoder.push(tok, t));
+        }
+    }
+    // Stop strings: cut at the first match; otherwise hold back any tail that
+    // could still become one.
+    let mut stopped = false;
+    let mut end = a.text.len();
+    let from = floor_boundary(&a.text, a.sent.saturating_sub(crate::api::MAX_STOP_BYTES));
+    if let Some(pos) = a.job.stop.iter().filter_map(|s| a.text[from..].find(s.as_str()).map(|p| p + from)).min() {
+        end = pos.max(a.sent);
+        stopped = true;
+    } else {
+        for s in &a.job.stop {
+            for l in (1..s.len()).rev() {
+                if a.text.len() >= l
+                    && a.text.is_char_boundary(a.text.len() - l)
+                    && s.as_bytes().starts_with(&a.text.as_bytes()[a.text.len() - l..])
+                {
+                    end = end.min(a.text.len() - l);
+                    break;
+                }
+            }
+        }
+    }
+    let done = stopped || a.session.is_done();
+    if done && !stopped {
+        end = a.text.len();
+    }
+    end = floor_boundary(&a.text, end.max(a.sent));
+    if end > a.sent {
+        let chunk = a.text[a.sent..end].to_string();
+        a.sent = end;
+        if a.job.tx.send(Event::Text(chunk)).is_err() {
+            metrics.cancelled(1);
+            return true;
+        }
+    }
+    if done {
+        let reason = if stopped || a.session.stopped_on_eog { "stop" } else { "length" };
+        let fin = Finish {
+            reason,
+            prompt_tokens: a.job.prompt.len(),
+            completion_tokens: a.session.out.len(),
+            spec: a.session.spec.clone(),
+            speculated: a.drafter.is_some(),
+        };
+        metrics.finished(&fin, a.job.received.elapsed().as_secs_f64());
+        if let Some(d) = a.drafter.as_mut() {
+            d.end();
+        }
+        let _ = a.job.tx.send(Event::Done(fin));
+    }
+    done
+}
+
+/// The largest char boundary of `s` at or below `i`.
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
