@@ -54,6 +54,8 @@ impl IntoResponse for ApiError {
 /// Largest `stop` list and stop string.
 pub const MAX_STOP: usize = 4;
 pub const MAX_STOP_BYTES: usize = 256;
+/// Most chat messages per request.
+pub const MAX_MESSAGES: usize = 4096;
 /// Longest draft a request may ask for.
 pub const MAX_DRAFT: usize = 64;
 
@@ -157,8 +159,13 @@ pub fn parse_common(o: &Map<String, Value>, chat: bool, vocab: usize) -> Result<
             }
         }
     }
-    if let Some(s) = int(o, "seed", 0, u64::MAX)? {
-        params.seed = s;
+    // Any 64-bit integer; negative seeds (some clients send -1) wrap.
+    match o.get("seed") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64().is_some() || n.as_i64().is_some() => {
+            params.seed = n.as_u64().unwrap_or_else(|| n.as_i64().unwrap_or(0) as u64);
+        }
+        Some(_) => return Err(ApiError::invalid("seed", "'seed' must be a 64-bit integer")),
     }
     let max_key = if chat && o.contains_key("max_completion_tokens") { "max_completion_tokens" } else { "max_tokens" };
     let max_tokens = int(o, max_key, 1, 1 << 20)?.map(|v| v as usize);
@@ -320,6 +327,9 @@ pub fn parse_chat(o: &Map<String, Value>, vocab: usize) -> Result<(GenRequest, V
         Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "'messages' must not be empty")),
         _ => return Err(ApiError::invalid("messages", "'messages' must be a list of messages")),
     };
+    if msgs.len() > MAX_MESSAGES {
+        return Err(ApiError::invalid("messages", format!("at most {MAX_MESSAGES} messages")));
+    }
     let mut out = Vec::with_capacity(msgs.len());
     for (i, m) in msgs.iter().enumerate() {
         let param = format!("messages[{i}]");

@@ -128,6 +128,7 @@ pub struct EngineConfig {
     pub drafter: DrafterKind,
     pub draft_max: usize,
     pub max_concurrent: usize,
+    pub step_delay: std::time::Duration,
 }
 
 struct Active {
@@ -210,6 +211,9 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             }
         }
 
+        if !cfg.step_delay.is_zero() {
+            std::thread::sleep(cfg.step_delay);
+        }
         // One target pass per active sequence.
         let mut i = 0;
         while i < active.len() {
@@ -218,7 +222,15 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
                 metrics.cancelled(1);
                 true
             } else {
-                step(a, model, tok, &is_eog, &metrics)
+                // A bug in one sequence's step must not take the engine (and
+                // everyone else's requests) down: fail that request only.
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(a, model, tok, &is_eog, &metrics)));
+                r.unwrap_or_else(|_| {
+                    let _ = a.job.tx.send(Event::Error("internal error while generating".into()));
+                    metrics.failed();
+                    true
+                })
             };
             if finished {
                 active.swap_remove(i);

@@ -27,6 +27,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use specdec_engine::Loaded;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -55,6 +56,9 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Artificial pause per engine round: a fault-injection seam for tests of
+    /// cancellation and overload on tiny models (zero in production).
+    pub step_delay: Duration,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +75,7 @@ impl Default for ServerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(120),
+            step_delay: Duration::ZERO,
         }
     }
 }
@@ -82,6 +87,8 @@ struct AppState {
     metrics: Arc<Metrics>,
     template: Result<ChatTemplate, String>,
     ids: AtomicU64,
+    /// SHA-256 of the API key, if one is required.
+    key_digest: Option<[u8; 32]>,
 }
 
 type Shared = Arc<AppState>;
@@ -110,9 +117,15 @@ pub async fn serve(
     .map_err(|e| e.to_string());
     let engine = {
         let (l, q, m) = (loaded.clone(), queue.clone(), metrics.clone());
-        let ecfg = EngineConfig { drafter: cfg.drafter, draft_max: cfg.draft_max, max_concurrent: cfg.max_concurrent };
+        let ecfg = EngineConfig {
+            drafter: cfg.drafter,
+            draft_max: cfg.draft_max,
+            max_concurrent: cfg.max_concurrent,
+            step_delay: cfg.step_delay,
+        };
         std::thread::Builder::new().name("specdec-engine".into()).spawn(move || engine::run(l, ecfg, q, m))?
     };
+    let key_digest = cfg.api_key.as_ref().map(|k| Sha256::digest(k.as_bytes()).into());
     let state = Arc::new(AppState {
         loaded,
         cfg: cfg.clone(),
@@ -120,6 +133,7 @@ pub async fn serve(
         metrics,
         template,
         ids: AtomicU64::new(0),
+        key_digest,
     });
     let app = router(state);
 
@@ -164,29 +178,28 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Equal-time comparison: the time depends only on the lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u64;
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= (x ^ y) as u64;
+/// Compares SHA-256 digests in constant time, so neither the time nor the
+/// path taken depends on how much of a wrong key matches.
+fn key_matches(given: &[u8], want_digest: &[u8; 32]) -> bool {
+    let d: [u8; 32] = Sha256::digest(given).into();
+    let mut diff = 0u8;
+    for (a, b) in d.iter().zip(want_digest) {
+        diff |= a ^ b;
     }
     std::hint::black_box(diff) == 0
 }
 
+/// Default-deny: every route but `/health` needs the key, as
+/// `Authorization: Bearer KEY` or `X-Api-Key: KEY`.
 async fn auth(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    if let Some(key) = &s.cfg.api_key {
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+    if let Some(want) = &s.key_digest {
+        let h = req.headers();
+        let bearer = h.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = bearer.or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok())).unwrap_or("");
+        if !key_matches(given.as_bytes(), want) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
+                "authentication_error",
                 "invalid_api_key",
                 "missing or incorrect API key (Authorization: Bearer ...)",
             )
