@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release --workspace
+# The server through the official openai client (skipped when the package is missing).
+scripts/test-openai-client.sh
