@@ -79,11 +79,39 @@ pub trait Model: Send + Sync {
     /// Runs `tokens` at positions `cache.len()..` and appends them to the cache.
     /// Returns logits, `vocab_size` per requested row.
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError>;
+    /// Several sequences (each with its own cache) in one pass, so weights are
+    /// read once for all of them. Each sequence's logits equal what `forward`
+    /// gives it alone, bit for bit (rows never mix). On error no cache changes.
+    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
+        for it in items.iter() {
+            check_item(self, it)?;
+        }
+        items.iter_mut().map(|it| self.forward(it.cache, it.tokens, it.rows)).collect()
+    }
     /// Weight bytes one decode step reads, as stored in the file.
     fn weight_bytes_per_token(&self) -> usize;
     /// Weight bytes one decode step reads in the packed layout.
     fn packed_bytes_per_token(&self) -> usize;
     fn describe(&self) -> String;
+}
+
+/// One sequence of a batched pass.
+pub struct BatchItem<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub rows: LogitRows,
+}
+
+/// The checks `forward` makes before touching the cache.
+pub fn check_item<M: Model + ?Sized>(model: &M, it: &BatchItem) -> Result<(), EngineError> {
+    let need = it.cache.len() + it.tokens.len();
+    if need > it.cache.capacity {
+        return Err(EngineError::ContextFull { need, capacity: it.cache.capacity });
+    }
+    if let Some(&t) = it.tokens.iter().find(|&&t| t as usize >= model.vocab_size()) {
+        return Err(EngineError::TokenOutOfRange { id: t, vocab: model.vocab_size() });
+    }
+    Ok(())
 }
 
 /// A loaded model with its tokenizer.

@@ -93,3 +93,91 @@ fn bad_token_ids_and_full_context_are_errors() {
     let e = m.forward(&mut c, &[2; 9], LogitRows::Last).unwrap_err();
     assert!(e.to_string().contains("context full"), "{e}");
 }
+
+/// Sequences batched into one pass (ragged lengths, prefill next to verify
+/// rows, different positions) get exactly the logits and caches they get alone.
+fn check_batched(m: &dyn Model, seqs: &[(Vec<u32>, Vec<u32>, LogitRows)]) {
+    use specdec_engine::BatchItem;
+    // Alone.
+    let mut alone = Vec::new();
+    let mut alone_caches = Vec::new();
+    for (prefix, step, rows) in seqs {
+        let mut c = m.new_cache(64);
+        if !prefix.is_empty() {
+            m.forward(&mut c, prefix, LogitRows::Last).unwrap();
+        }
+        alone.push(m.forward(&mut c, step, *rows).unwrap());
+        alone_caches.push(c);
+    }
+    // Together.
+    let mut caches: Vec<_> = seqs
+        .iter()
+        .map(|(prefix, _, _)| {
+            let mut c = m.new_cache(64);
+            if !prefix.is_empty() {
+                m.forward(&mut c, prefix, LogitRows::Last).unwrap();
+            }
+            c
+        })
+        .collect();
+    let mut items: Vec<BatchItem> = caches
+        .iter_mut()
+        .zip(seqs)
+        .map(|(cache, (_, step, rows))| BatchItem { cache, tokens: step, rows: *rows })
+        .collect();
+    let together = m.forward_batch(&mut items).unwrap();
+    assert_eq!(together.len(), alone.len());
+    for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+        assert_eq!(a.len(), b.len(), "sequence {i}: logit rows");
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "sequence {i}: batching changed logits");
+    }
+    for (i, (a, b)) in alone_caches.iter().zip(&caches).enumerate() {
+        assert_eq!(a.len(), b.len());
+        for layer in 0..a.n_layers {
+            let ((k1, v1), (k2, v2)) = (a.layer(layer), b.layer(layer));
+            assert!(
+                k1.iter().zip(k2).chain(v1.iter().zip(v2)).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "sequence {i} layer {layer}: cache differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_sequences_equal_sequences_alone() {
+    let l = common::load_bytes(&common::tiny_gemma3(11, &|_, _| {})).unwrap();
+    let m = l.model.as_ref();
+    let t = |n: u32, s: u32| -> Vec<u32> { (0..n).map(|i| 5 + (i * 31 + s) % 290).collect() };
+    check_batched(
+        m,
+        &[
+            (t(20, 1), t(5, 2), LogitRows::All),
+            (vec![], t(13, 3), LogitRows::Last),
+            (t(3, 4), t(1, 5), LogitRows::All),
+            (t(30, 6), t(9, 7), LogitRows::Last),
+        ],
+    );
+    // A bad sequence fails the batch before any cache changes.
+    let mut a = m.new_cache(8);
+    let mut b = m.new_cache(8);
+    let mut items = [
+        specdec_engine::BatchItem { cache: &mut a, tokens: &[5, 6], rows: LogitRows::All },
+        specdec_engine::BatchItem { cache: &mut b, tokens: &[5, 999], rows: LogitRows::All },
+    ];
+    assert!(m.forward_batch(&mut items).is_err());
+    assert!(a.is_empty() && b.is_empty());
+}
+
+#[test]
+fn default_model_batched_sequences_equal_sequences_alone() {
+    let l = common::load_default();
+    let e = |s: &str| l.tokenizer.encode(s, true, false);
+    check_batched(
+        l.model.as_ref(),
+        &[
+            (e("The quick brown fox"), e(" jumps over")[1..].to_vec(), LogitRows::All),
+            (vec![], e("Speculative decoding verifies drafts"), LogitRows::Last),
+            (e("Once upon a time"), vec![235248], LogitRows::All),
+        ],
+    );
+}

@@ -18,8 +18,8 @@ use std::time::Instant;
 use specdec_engine::sampler::SamplingParams;
 use specdec_engine::spec::ngram::NgramDrafter;
 use specdec_engine::spec::suffix::SuffixDrafter;
-use specdec_engine::spec::{Controller, Drafter, Session, SpecStats};
-use specdec_engine::Loaded;
+use specdec_engine::spec::{Controller, Drafter, Pass, Session, SpecStats};
+use specdec_engine::{BatchItem, Loaded};
 use specdec_tokenizer::StreamDecoder;
 use tokio::sync::mpsc;
 
@@ -214,37 +214,96 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
         if !cfg.step_delay.is_zero() {
             std::thread::sleep(cfg.step_delay);
         }
-        // One target pass per active sequence.
-        let mut i = 0;
-        while i < active.len() {
-            let a = &mut active[i];
-            let finished = if a.job.tx.is_closed() {
-                metrics.cancelled(1);
-                true
-            } else {
-                // A bug in one sequence's step must not take the engine (and
-                // everyone else's requests) down: fail that request only.
-                let r =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(a, model, tok, &is_eog, &metrics)));
-                r.unwrap_or_else(|_| {
-                    let _ = a.job.tx.send(Event::Error("internal error while generating".into()));
+        // Cancelled sequences go first (their caches are freed here).
+        let before = active.len();
+        active.retain(|a| !a.job.tx.is_closed());
+        if active.len() < before {
+            metrics.cancelled(before - active.len());
+            queue.live.fetch_sub(before - active.len(), Ordering::SeqCst);
+        }
+        // One target pass for all sequences: every sequence plans its rows
+        // (prefill, or last token + draft), one batched forward verifies all
+        // of them (ragged lengths; each sequence's logits are exactly what it
+        // would get alone), then each absorbs its logits.
+        let mut failed = vec![false; active.len()];
+        let passes: Vec<Pass> = active
+            .iter_mut()
+            .zip(failed.iter_mut())
+            .map(|(a, f)| {
+                guarded(a, &metrics, f, |a| {
+                    let mut none = NoDraft;
+                    let drafter: &mut dyn Drafter = match a.drafter.as_mut() {
+                        Some(d) => d.as_mut(),
+                        None => &mut none,
+                    };
+                    a.session.plan(model, drafter, &mut a.ctl)
+                })
+                .unwrap_or(Pass { tokens: vec![], rows: specdec_engine::LogitRows::Last })
+            })
+            .collect();
+        let t = Instant::now();
+        let mut items: Vec<BatchItem> = active
+            .iter_mut()
+            .zip(&passes)
+            .map(|(a, p)| BatchItem { cache: &mut a.session.cache, tokens: &p.tokens, rows: p.rows })
+            .collect();
+        let results: Vec<Result<Vec<f32>, String>> = match model.forward_batch(&mut items) {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            // Find the culprit: each sequence alone (a failed batch changed no cache).
+            Err(_) => items
+                .iter_mut()
+                .map(|it| model.forward(it.cache, it.tokens, it.rows).map_err(|e| e.to_string()))
+                .collect(),
+        };
+        drop(items);
+        let secs = t.elapsed().as_secs_f64();
+        let mut done = vec![false; active.len()];
+        for (((a, r), f), d) in active.iter_mut().zip(results).zip(&mut failed).zip(&mut done) {
+            if *f {
+                *d = true;
+                continue;
+            }
+            *d = match r {
+                Err(e) => {
+                    let _ = a.job.tx.send(Event::Error(e));
                     metrics.failed();
                     true
-                })
+                }
+                Ok(logits) => guarded(a, &metrics, f, |a| finish_step(a, &logits, secs, model, tok, &is_eog, &metrics))
+                    .unwrap_or(true),
             };
-            if finished {
-                active.swap_remove(i);
-                queue.live.fetch_sub(1, Ordering::SeqCst);
-            } else {
-                i += 1;
-            }
+        }
+        let mut i = 0;
+        active.retain(|_| {
+            let keep = !done[i];
+            i += 1;
+            keep
+        });
+        queue.live.fetch_sub(done.iter().filter(|&&d| d).count(), Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` on a sequence; a panic (a bug) fails that request only, never the
+/// engine and everyone else's requests.
+fn guarded<R>(a: &mut Active, metrics: &Metrics, failed: &mut bool, f: impl FnOnce(&mut Active) -> R) -> Option<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(a))) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            let _ = a.job.tx.send(Event::Error("internal error while generating".into()));
+            metrics.failed();
+            *failed = true;
+            None
         }
     }
 }
 
-/// One pass for one sequence; true when it is finished (sent Done or Error).
-fn step(
+/// Absorbs one pass's logits, streams new text; true when the sequence is
+/// finished (sent Done or Error).
+#[allow(clippy::too_many_arguments)]
+fn finish_step(
     a: &mut Active,
+    logits: &[f32],
+    secs: f64,
     model: &dyn specdec_engine::Model,
     tok: &specdec_tokenizer::Tokenizer,
     is_eog: &dyn Fn(u32) -> bool,
@@ -255,19 +314,8 @@ fn step(
         Some(d) => d.as_mut(),
         None => &mut none,
     };
-    let pass = a.session.plan(model, drafter, &mut a.ctl);
-    let t = Instant::now();
-    let logits = match model.forward(&mut a.session.cache, &pass.tokens, pass.rows) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = a.job.tx.send(Event::Error(e.to_string()));
-            metrics.failed();
-            return true;
-        }
-    };
-    let secs = t.elapsed().as_secs_f64();
     let before = a.session.spec.clone();
-    let new = a.session.absorb(model, &logits, secs, drafter, &mut a.ctl, is_eog);
+    let new = a.session.absorb(model, logits, secs, drafter, &mut a.ctl, is_eog);
     metrics.spec_step(&before, &a.session.spec);
     let now = Instant::now();
     if !new.is_empty() {

@@ -621,3 +621,30 @@ async fn slow_headers_time_out_and_shutdown_drains_streams() {
     }
     assert!(TcpStream::connect(a).await.is_err(), "new connections must be refused after shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_the_text_they_get_alone() {
+    let srv =
+        TestServer::start(ServerConfig { max_concurrent: 4, step_delay: Duration::from_millis(1), ..cfg() }).await;
+    let a = srv.addr;
+    let bodies: Vec<Value> = (0..6)
+        .map(|i| {
+            let p = ["hello abc hello", "abcabcabc abc", "he llo he llo", "a b c a b c", "w300 hello", "abc"][i];
+            json!({"prompt": p, "max_tokens": 30 + 9 * i, "temperature": 0, "specdec": {"speculate": i % 2 == 0}})
+        })
+        .collect();
+    let text = |r: &Resp| r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+    let mut alone = Vec::new();
+    for b in &bodies {
+        alone.push(text(&post(a, "/v1/completions", b).await));
+    }
+    let tasks: Vec<_> =
+        bodies.iter().cloned().map(|b| tokio::spawn(async move { post(a, "/v1/completions", &b).await })).collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(text(&r), alone[i], "request {i}: batched with others, the text changed");
+    }
+    assert_idle(a).await;
+    srv.shutdown().await;
+}

@@ -14,7 +14,7 @@ use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{attend_heads, isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
 use crate::weights::WeightSource;
-use crate::{EngineError, KvCache, LogitRows, Model};
+use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
 
 pub struct Config {
     pub n_embd: usize,
@@ -186,14 +186,24 @@ impl Gemma3 {
         matmul(&self.pool, self.isa, x, m, qa, jobs);
     }
 
-    /// Causal attention of `m` query rows (positions pos0..pos0+m) over the cache.
-    fn attention(&self, layer: usize, cache: &KvCache, q: &[f32], m: usize, pos0: usize, out: &mut [f32]) {
+    /// Causal attention of every query row over its own sequence's cache:
+    /// row r belongs to sequence `row_seq[r]` and sits at position `row_pos[r]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: usize,
+        caches: &[(&[f32], &[f32])],
+        row_seq: &[usize],
+        row_pos: &[usize],
+        q: &[f32],
+        out: &mut [f32],
+    ) {
         let c = &self.cfg;
+        let m = row_seq.len();
         let (hd, nh) = (c.head_dim, c.n_head);
         let group = nh / c.n_head_kv;
         let kv_dim = c.n_head_kv * hd;
         let local = c.is_local(layer);
-        let (kc, vc) = (&cache.k[layer], &cache.v[layer]);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let nt = self.pool.threads();
         // Heads of a key/value group go through one pass (each key and value
@@ -212,7 +222,8 @@ impl Gemma3 {
             // interleaving balances the threads.
             for task in (t..tasks).step_by(nt) {
                 let (i, h0) = (task / per_row, (task % per_row) * gs);
-                let pos = pos0 + i;
+                let pos = row_pos[i];
+                let (kc, vc) = caches[row_seq[i]];
                 let start = if local { (pos + 1).saturating_sub(c.window) } else { 0 };
                 let qh = &q[i * nh * hd + h0 * hd..][..gs * hd];
                 let kvh = (h0 / group) * hd;
@@ -250,14 +261,28 @@ impl Model for Gemma3 {
     }
 
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
+        let mut items = [BatchItem { cache, tokens, rows }];
+        Ok(self.forward_batch(&mut items)?.pop().unwrap_or_default())
+    }
+
+    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
         let c = &self.cfg;
-        let m = tokens.len();
-        if m == 0 {
-            return Ok(Vec::new());
+        for it in items.iter() {
+            check_item(self, it)?;
         }
-        let pos0 = cache.len();
-        if pos0 + m > cache.capacity {
-            return Err(EngineError::ContextFull { need: pos0 + m, capacity: cache.capacity });
+        // Rows of every sequence, in order: row r is sequence row_seq[r] at position row_pos[r].
+        let (mut row_seq, mut row_pos, mut ids) = (vec![], vec![], vec![]);
+        for (s, it) in items.iter().enumerate() {
+            let pos0 = it.cache.len();
+            for (j, &t) in it.tokens.iter().enumerate() {
+                row_seq.push(s);
+                row_pos.push(pos0 + j);
+                ids.push(t);
+            }
+        }
+        let m = ids.len();
+        if m == 0 {
+            return Ok(items.iter().map(|_| Vec::new()).collect());
         }
         let (d, hd) = (c.n_embd, c.head_dim);
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
@@ -266,17 +291,17 @@ impl Model for Gemma3 {
         let mut x = vec![0f32; m * d];
         let row_bytes = (self.embd.n_bytes / self.embd.dims[1]) as usize;
         let embd = self.file.tensor_data(&self.embd);
-        for (i, &t) in tokens.iter().enumerate() {
-            if t as usize >= c.n_vocab {
-                return Err(EngineError::TokenOutOfRange { id: t, vocab: c.n_vocab });
-            }
+        for (i, &t) in ids.iter().enumerate() {
             let r = &mut x[i * d..(i + 1) * d];
             dequantize_row(self.embd.ty, &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes], r)
                 .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
             let s = (d as f32).sqrt();
             r.iter_mut().for_each(|v| *v *= s);
         }
-        cache.reserve(pos0 + m);
+        for it in items.iter_mut() {
+            let n = it.cache.len() + it.tokens.len();
+            it.cache.reserve(n);
+        }
 
         let mut qa = ActScratch::default();
         let mut h = vec![0f32; m * d];
@@ -290,11 +315,11 @@ impl Model for Gemma3 {
         // cos/sin of every row's position, for local and global rope bases.
         let (mut cos_l, mut sin_l, mut cos_g, mut sin_g) = (vec![], vec![], vec![], vec![]);
         let (mut tc, mut ts) = (vec![], vec![]);
-        for i in 0..m {
-            rope_table(pos0 + i, &self.rope_local, &mut tc, &mut ts);
+        for &pos in &row_pos {
+            rope_table(pos, &self.rope_local, &mut tc, &mut ts);
             cos_l.extend_from_slice(&tc);
             sin_l.extend_from_slice(&ts);
-            rope_table(pos0 + i, &self.rope_global, &mut tc, &mut ts);
+            rope_table(pos, &self.rope_global, &mut tc, &mut ts);
             cos_g.extend_from_slice(&tc);
             sin_g.extend_from_slice(&ts);
         }
@@ -316,7 +341,7 @@ impl Model for Gemma3 {
             let (cos, sin) = if c.is_local(li) { (&cos_l, &sin_l) } else { (&cos_g, &sin_g) };
             let half = hd / 2;
             for i in 0..m {
-                let pos = pos0 + i;
+                let pos = row_pos[i];
                 let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
                 for head in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
                     rmsnorm(head, &l.q_norm, c.eps);
@@ -327,10 +352,15 @@ impl Model for Gemma3 {
                     rmsnorm(head, &l.k_norm, c.eps);
                     rope_neox(head, cs, sn);
                 }
+                let cache = &mut *items[row_seq[i]].cache;
                 cache.k[li][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&k[i * kv_dim..(i + 1) * kv_dim]);
                 cache.v[li][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&v[i * kv_dim..(i + 1) * kv_dim]);
             }
-            self.attention(li, cache, &q, m, pos0, &mut att);
+            {
+                let caches: Vec<(&[f32], &[f32])> =
+                    items.iter().map(|it| (it.cache.k[li].as_slice(), it.cache.v[li].as_slice())).collect();
+                self.attention(li, &caches, &row_seq, &row_pos, &q, &mut att);
+            }
             self.mm(&att, m, &mut qa, &mut [MatmulJob { w: &l.wo, out: &mut o }]);
             rmsnorm_rows(&mut o, &l.post_attn_norm, c.eps);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
@@ -349,20 +379,45 @@ impl Model for Gemma3 {
             rmsnorm_rows(&mut o, &l.post_ffn_norm, c.eps);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
-        cache.set_len(pos0 + m);
 
-        let first = match rows {
-            LogitRows::All => 0,
-            LogitRows::Last => m - 1,
-        };
-        let mut xs = x[first * d..].to_vec();
+        // Rows that need logits: all of a sequence's, or its last.
+        let mut want = Vec::new();
+        let mut per_seq = Vec::with_capacity(items.len());
+        let mut r0 = 0;
+        for it in items.iter_mut() {
+            let n = it.tokens.len();
+            let first = match it.rows {
+                LogitRows::All => 0,
+                LogitRows::Last => n.saturating_sub(1),
+            };
+            let nr = if n == 0 { 0 } else { n - first };
+            want.extend(r0 + first..r0 + first + nr);
+            per_seq.push(nr);
+            let len = it.cache.len() + n;
+            it.cache.set_len(len);
+            r0 += n;
+        }
+        let mut xs = Vec::with_capacity(want.len() * d);
+        for &r in &want {
+            xs.extend_from_slice(&x[r * d..(r + 1) * d]);
+        }
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
-        let nr = m - first;
-        let mut logits = matmul_alloc(&self.pool, self.isa, &xs, nr, &mut qa, &self.output);
+        let mut logits = matmul_alloc(&self.pool, self.isa, &xs, want.len(), &mut qa, &self.output);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
-        Ok(logits)
+        // Split per sequence (one sequence: hand the buffer over as is).
+        if items.len() == 1 {
+            return Ok(vec![logits]);
+        }
+        let nv = c.n_vocab;
+        let mut out = Vec::with_capacity(items.len());
+        let mut at = 0;
+        for nr in per_seq {
+            out.push(logits[at * nv..(at + nr) * nv].to_vec());
+            at += nr;
+        }
+        Ok(out)
     }
 
     fn weight_bytes_per_token(&self) -> usize {
