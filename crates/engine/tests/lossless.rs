@@ -227,3 +227,33 @@ fn seeded_speculation_is_deterministic() {
         .collect();
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
 }
+
+/// The step-wise session with the prompt prefilled in small chunks emits
+/// exactly what plain decoding does (greedy and seeded sampling).
+#[test]
+fn chunked_prefill_sessions_are_lossless() {
+    use specdec_engine::spec::Session;
+    let l = common::load_bytes(&common::tiny_gemma3(21, &|_, _| {})).unwrap();
+    let m = l.model.as_ref();
+    let eog = |t: u32| l.tokenizer.is_eog(t);
+    let prompt: Vec<u32> = (0..45).map(|i| 5 + (i * 17 % 280)).collect();
+    for params in [SamplingParams::default(), SamplingParams { temperature: 0.8, seed: 5, ..Default::default() }] {
+        let want = plain(m, &prompt, 40, &params, &eog);
+        for chunk in [1usize, 7, 16, 1000] {
+            let mut d = NgramDrafter::default();
+            let mut ctl = Controller::new(4);
+            let mut s = Session::new(m, &prompt, 40, 4, &params).unwrap();
+            s.prefill_chunk = chunk;
+            let mut passes = 0;
+            while !s.is_done() {
+                let pass = s.plan(m, &mut d, &mut ctl);
+                assert!(pass.tokens.len() <= chunk.max(5), "chunk {chunk}: pass of {}", pass.tokens.len());
+                let logits = m.forward(&mut s.cache, &pass.tokens, pass.rows).unwrap();
+                s.absorb(m, &logits, 0.001, &mut d, &mut ctl, &eog);
+                passes += 1;
+            }
+            assert_eq!(s.out, want, "chunk {chunk}, temperature {}", params.temperature);
+            assert!(passes >= prompt.len().div_ceil(chunk), "chunk {chunk}: {passes} passes");
+        }
+    }
+}

@@ -242,6 +242,17 @@ pub fn parse_common(o: &Map<String, Value>, chat: bool, vocab: usize) -> Result<
     if stop.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
         return Err(ApiError::invalid("stop", format!("stop sequences must be 1..={MAX_STOP_BYTES} bytes")));
     }
+    // Constrained output is not implemented: refuse rather than ignore it.
+    for key in ["tools", "functions", "guided_json", "guided_regex", "guided_grammar", "grammar"] {
+        if o.get(key).is_some_and(|v| !v.is_null() && v != &Value::Array(vec![])) {
+            return Err(ApiError::invalid(key, format!("'{key}' is not supported")));
+        }
+    }
+    match o.get("response_format") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(f)) if f.get("type").and_then(Value::as_str) == Some("text") => {}
+        Some(_) => return Err(ApiError::invalid("response_format", "only {\"type\": \"text\"} is supported")),
+    }
     let stream = boolean(o, "stream")?.unwrap_or(false);
     let include_usage = match o.get("stream_options") {
         None | Some(Value::Null) => false,

@@ -129,6 +129,10 @@ pub struct EngineConfig {
     pub draft_max: usize,
     pub max_concurrent: usize,
     pub step_delay: std::time::Duration,
+    /// Target rows per pass that drafts of all sequences share.
+    pub row_budget: usize,
+    /// Prompt tokens per pass that prefilling sequences share.
+    pub prefill_budget: usize,
 }
 
 struct Active {
@@ -226,6 +230,18 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
         // of them (ragged lengths; each sequence's logits are exactly what it
         // would get alone), then each absorbs its logits.
         let mut failed = vec![false; active.len()];
+        // Verify rows cost little more than one until the kernels turn
+        // compute-bound (~16 rows here): drafts share that budget, so
+        // speculation backs off as the batch grows.
+        let cap = (cfg.row_budget / active.len().max(1)).saturating_sub(1);
+        // Long prompts are prefilled in chunks shared out per round, so
+        // sequences that are decoding keep a steady pace (and short prompts
+        // are not stuck behind long ones).
+        let prefilling = active.iter().filter(|a| !a.session.is_prefilled()).count();
+        let chunk = (cfg.prefill_budget / prefilling.max(1)).max(16);
+        for a in active.iter_mut() {
+            a.session.prefill_chunk = chunk;
+        }
         let passes: Vec<Pass> = active
             .iter_mut()
             .zip(failed.iter_mut())
@@ -236,7 +252,7 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
                         Some(d) => d.as_mut(),
                         None => &mut none,
                     };
-                    a.session.plan(model, drafter, &mut a.ctl)
+                    a.session.plan_capped(model, drafter, &mut a.ctl, cap)
                 })
                 .unwrap_or(Pass { tokens: vec![], rows: specdec_engine::LogitRows::Last })
             })

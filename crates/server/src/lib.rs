@@ -59,6 +59,12 @@ pub struct ServerConfig {
     /// Artificial pause per engine round: a fault-injection seam for tests of
     /// cancellation and overload on tiny models (zero in production).
     pub step_delay: Duration,
+    /// Rows of one target pass that the drafts of all active sequences share
+    /// (each sequence drafts at most budget / sequences - 1 tokens).
+    pub row_budget: usize,
+    /// Prompt tokens per pass shared by sequences still prefilling (chunked
+    /// prefill, so decoding sequences are not stalled by a long prompt).
+    pub prefill_budget: usize,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +82,8 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(120),
             step_delay: Duration::ZERO,
+            row_budget: 16,
+            prefill_budget: 256,
         }
     }
 }
@@ -122,6 +130,8 @@ pub async fn serve(
             draft_max: cfg.draft_max,
             max_concurrent: cfg.max_concurrent,
             step_delay: cfg.step_delay,
+            row_budget: cfg.row_budget,
+            prefill_budget: cfg.prefill_budget,
         };
         std::thread::Builder::new().name("specdec-engine".into()).spawn(move || engine::run(l, ecfg, q, m))?
     };

@@ -326,6 +326,16 @@ async fn abuse_cases_get_openai_errors_and_leave_the_server_healthy() {
             400,
             Some("body"),
         ),
+        ("A17 tools", chat, json!({"messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function"}]}).to_string().into_bytes(), 400, Some("tools")),
+        (
+            "A17 response_format",
+            chat,
+            json!({"messages": [{"role": "user", "content": "a"}], "response_format": {"type": "json_schema", "json_schema": {"pattern": "(a+)+$"}}})
+                .to_string()
+                .into_bytes(),
+            400,
+            Some("response_format"),
+        ),
         (
             "specdec draft_max 0",
             c,
@@ -624,12 +634,19 @@ async fn slow_headers_time_out_and_shutdown_drains_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_get_the_text_they_get_alone() {
-    let srv =
-        TestServer::start(ServerConfig { max_concurrent: 4, step_delay: Duration::from_millis(1), ..cfg() }).await;
+    // A small prefill budget: long prompts are prefilled in chunks next to decoding sequences.
+    let srv = TestServer::start(ServerConfig {
+        max_concurrent: 4,
+        step_delay: Duration::from_millis(1),
+        prefill_budget: 16,
+        ..cfg()
+    })
+    .await;
     let a = srv.addr;
+    let long = "hello abc he llo ".repeat(8);
     let bodies: Vec<Value> = (0..6)
         .map(|i| {
-            let p = ["hello abc hello", "abcabcabc abc", "he llo he llo", "a b c a b c", "w300 hello", "abc"][i];
+            let p = ["hello abc hello", &long, "he llo he llo", "a b c a b c", &long[5..], "abc"][i];
             json!({"prompt": p, "max_tokens": 30 + 9 * i, "temperature": 0, "specdec": {"speculate": i % 2 == 0}})
         })
         .collect();

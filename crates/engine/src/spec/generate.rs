@@ -68,6 +68,10 @@ pub struct Session {
     pub spec: SpecStats,
     pub stopped_on_eog: bool,
     prefilled: bool,
+    /// Prompt tokens already in the cache (prefill may come in chunks).
+    prompt_done: usize,
+    /// Largest prefill chunk per pass.
+    pub prefill_chunk: usize,
     /// The draft riding on the planned pass.
     pending: Draft,
     /// Cache length before the planned pass.
@@ -107,10 +111,17 @@ impl Session {
             spec: SpecStats { accepted_per_pos: vec![0; max_k], ..Default::default() },
             stopped_on_eog: false,
             prefilled: false,
+            prompt_done: 0,
+            prefill_chunk: usize::MAX,
             pending: Draft::default(),
             base: 0,
             t_decode: None,
         })
+    }
+
+    /// Whether the prompt is fully in the cache.
+    pub fn is_prefilled(&self) -> bool {
+        self.prefilled
     }
 
     pub fn is_done(&self) -> bool {
@@ -119,14 +130,27 @@ impl Session {
 
     /// The next target pass: the prompt first, then `[last, draft..]`.
     pub fn plan(&mut self, model: &dyn Model, drafter: &mut dyn Drafter, ctl: &mut Controller) -> Pass {
+        self.plan_capped(model, drafter, ctl, usize::MAX)
+    }
+
+    /// As `plan`, drafting at most `cap` tokens (a server shares one pass
+    /// among many sequences and splits a row budget between them).
+    pub fn plan_capped(
+        &mut self,
+        model: &dyn Model,
+        drafter: &mut dyn Drafter,
+        ctl: &mut Controller,
+        cap: usize,
+    ) -> Pass {
         self.base = self.cache.len();
         if !self.prefilled {
-            return Pass { tokens: self.ctx.clone(), rows: LogitRows::Last };
+            let end = self.prompt_len.min(self.prompt_done.saturating_add(self.prefill_chunk.max(1)));
+            return Pass { tokens: self.ctx[self.prompt_done..end].to_vec(), rows: LogitRows::Last };
         }
         let remaining = self.max_new - self.out.len();
         // Never draft past the token budget: the bonus always comes on top.
         let room = self.cache.capacity.saturating_sub(self.cache.len() + 1);
-        let budget = ctl.draft_budget().min(remaining - 1).min(room);
+        let budget = ctl.draft_budget().min(remaining - 1).min(room).min(cap);
         let mut draft = if budget > 0 {
             let td = Instant::now();
             let mut d = drafter.propose(&self.ctx, budget);
@@ -170,8 +194,14 @@ impl Session {
     ) -> Vec<u32> {
         let n_vocab = model.vocab_size();
         if !self.prefilled {
+            self.stats.prefill_s += secs;
+            self.prompt_done = self.cache.len();
+            if self.prompt_done < self.prompt_len {
+                // A chunk of a long prompt: nothing to emit yet (batch
+                // invariance makes chunked prefill give the same logits).
+                return Vec::new();
+            }
             self.prefilled = true;
-            self.stats.prefill_s = secs;
             self.t_decode = Some(Instant::now());
             drafter.begin(&self.ctx);
             let p = probs(&logits[..n_vocab], &self.params, &self.ctx);
