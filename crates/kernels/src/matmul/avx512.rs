@@ -407,29 +407,49 @@ pub unsafe fn attend_heads<const G: usize>(
     }
     // values: four 16-lane chunks of every head at a time, keys in order
     let sp = scores.as_ptr();
+    let op = out.as_mut_ptr();
     let mut c = 0;
+    while c + 4 <= nc {
+        values_block::<G, 4>(sp, n, vp.add(start * stride + 16 * c), stride, op.add(16 * c), hd);
+        c += 4;
+    }
     while c < nc {
-        let cw = (nc - c).min(4);
-        let mut acc = [[_mm512_setzero_ps(); 4]; G];
-        for j in 0..n {
-            let vr = vp.add((start + j) * stride + 16 * c);
-            let mut vv = [_mm512_setzero_ps(); 4];
-            for t in 0..cw {
-                vv[t] = _mm512_loadu_ps(vr.add(16 * t));
-            }
-            for h in 0..G {
-                let p = _mm512_set1_ps(*sp.add(h * n + j));
-                for t in 0..cw {
-                    acc[h][t] = _mm512_fmadd_ps(p, vv[t], acc[h][t]);
-                }
-            }
+        values_block::<G, 1>(sp, n, vp.add(start * stride + 16 * c), stride, op.add(16 * c), hd);
+        c += 1;
+    }
+}
+
+/// out[h][0..16*CW] = sum over keys j of p[h][j] * v[j][0..16*CW], j in order
+/// (one fma per key: `axpy`'s arithmetic). Const sizes keep the G x CW
+/// accumulators in registers.
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+unsafe fn values_block<const G: usize, const CW: usize>(
+    p: *const f32,
+    n: usize,
+    v: *const f32,
+    stride: usize,
+    out: *mut f32,
+    hd: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); CW]; G];
+    for j in 0..n {
+        let vr = v.add(j * stride);
+        let mut vv = [_mm512_setzero_ps(); CW];
+        for t in 0..CW {
+            vv[t] = _mm512_loadu_ps(vr.add(16 * t));
         }
         for h in 0..G {
-            for t in 0..cw {
-                _mm512_storeu_ps(out.as_mut_ptr().add(h * hd + 16 * (c + t)), acc[h][t]);
+            let pv = _mm512_set1_ps(*p.add(h * n + j));
+            for t in 0..CW {
+                acc[h][t] = _mm512_fmadd_ps(pv, vv[t], acc[h][t]);
             }
         }
-        c += cw;
+    }
+    for h in 0..G {
+        for t in 0..CW {
+            _mm512_storeu_ps(out.add(h * hd + 16 * t), acc[h][t]);
+        }
     }
 }
 
