@@ -88,6 +88,13 @@ fn clear_errors_for_bad_input() {
     let d = format!("model:{}", tiny.display());
     let (ok, _, err) = run(&["generate", "--prompt", "x", "--drafter", &d]);
     assert!(!ok && err.contains("cannot draft for this target"), "{err}");
+    // The server refuses bad settings before loading anything.
+    let (ok, _, err) = run(&["serve", "--drafter", "model:x.gguf"]);
+    assert!(!ok && err.contains("unknown drafter"), "{err}");
+    let (ok, _, err) = run(&["serve", "--max-concurrent", "0"]);
+    assert!(!ok && err.contains("--max-concurrent"), "{err}");
+    let (ok, _, err) = run(&["serve", "--model", "/nonexistent.gguf"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
     let _ = std::fs::remove_file(junk);
     let _ = std::fs::remove_file(tiny);
 }
