@@ -16,7 +16,8 @@ target/release/specdec serve --port "$port" --max-concurrent 4 --max-queue 16 >"
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+        "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
     sleep 0.2
 done
 (
@@ -31,7 +32,7 @@ status=0
 python3 scripts/loadgen.py --url "http://127.0.0.1:$port" --prompts ../shared/bench/spec-bench-dev.jsonl \
     --concurrency 6 --duration "$duration" --max-tokens 128 --disconnect-rate 0.2 --bad-rate 0.1 \
     --json "$out/loadgen.json" >"$out/loadgen.out" || status=$?
-health=$(curl -s "http://127.0.0.1:$port/health")
+health=$(python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())" "http://127.0.0.1:$port/health")
 kill $sampler 2>/dev/null || true
 echo "loadgen exit $status; health after: $health"
 python3 - "$out" "$health" <<'PY'

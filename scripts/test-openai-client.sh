@@ -16,7 +16,8 @@ target/release/specdec serve --port "$port" --api-key "$key" >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 300); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" \
+        "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
     kill -0 $pid 2>/dev/null || { cat "$log"; echo "server exited" >&2; exit 1; }
     sleep 0.2
 done

@@ -141,37 +141,8 @@ enum Cmd {
     Serve {
         #[command(flatten)]
         model: ModelArgs,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// Require `Authorization: Bearer KEY` on /v1/* and /metrics
-        /// (default: $SPECDEC_API_KEY if set).
-        #[arg(long)]
-        api_key: Option<String>,
-        /// Sequences decoded at once.
-        #[arg(long, default_value_t = 4)]
-        max_concurrent: usize,
-        /// Requests that may wait beyond those; more are answered 429.
-        #[arg(long, default_value_t = 64)]
-        max_queue: usize,
-        /// Context per sequence, prompt plus output (capped by the model's).
-        #[arg(long, default_value_t = 4096)]
-        ctx: usize,
-        /// Drafter: none, ngram or suffix (requests may turn speculation off
-        /// with {"specdec": {"speculate": false}} or cap it with "draft_max").
-        #[arg(long, default_value = "ngram")]
-        drafter: String,
-        /// Most draft tokens per step.
-        #[arg(long, default_value_t = 8)]
-        draft_max: usize,
-        /// Largest request body in bytes.
-        #[arg(long, default_value_t = 1 << 20)]
-        body_limit: usize,
-        /// Name reported by /v1/models (default: the model file's stem).
-        #[arg(long)]
-        model_id: Option<String>,
+        #[command(flatten)]
+        opts: serve::Options,
     },
     /// Measure bandwidth, decode, prefill and verify-pass speed.
     Profile {
@@ -198,33 +169,7 @@ fn main() {
         Cmd::Tokenize { model, text, input_jsonl } => commands::tokenize(&model, text, input_jsonl),
         Cmd::Inspect { model, tensors } => commands::inspect(&model, tensors),
         Cmd::Profile { model, json, reps } => commands::profile(&model, json, reps),
-        Cmd::Serve {
-            model,
-            host,
-            port,
-            api_key,
-            max_concurrent,
-            max_queue,
-            ctx,
-            drafter,
-            draft_max,
-            body_limit,
-            model_id,
-        } => {
-            let cfg = serve::Options {
-                host,
-                port,
-                api_key,
-                max_concurrent,
-                max_queue,
-                ctx,
-                drafter,
-                draft_max,
-                body_limit,
-                model_id,
-            };
-            serve::serve(&model, cfg)
-        }
+        Cmd::Serve { model, opts } => serve::serve(&model, opts),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -9,17 +9,40 @@ use specdec_server::{serve as run_server, ServerConfig};
 use crate::commands::{load_model, model_path};
 use crate::ModelArgs;
 
+#[derive(clap::Args)]
 pub struct Options {
-    pub host: String,
-    pub port: u16,
-    pub api_key: Option<String>,
-    pub max_concurrent: usize,
-    pub max_queue: usize,
-    pub ctx: usize,
-    pub drafter: String,
-    pub draft_max: usize,
-    pub body_limit: usize,
-    pub model_id: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require the key (`Authorization: Bearer KEY` or `X-Api-Key: KEY`) on
+    /// every route but /health (default: $SPECDEC_API_KEY if set).
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Sequences decoded at once.
+    #[arg(long, default_value_t = 4)]
+    max_concurrent: usize,
+    /// Requests that may wait beyond those; more are answered 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Context per sequence, prompt plus output (capped by the model's).
+    #[arg(long, default_value_t = 4096)]
+    ctx: usize,
+    /// Drafter: none, ngram or suffix (requests may turn speculation off
+    /// with {"specdec": {"speculate": false}} or cap it with "draft_max").
+    #[arg(long, default_value = "ngram")]
+    drafter: String,
+    /// Most draft tokens per step.
+    #[arg(long, default_value_t = 8)]
+    draft_max: usize,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    body_limit: usize,
+    /// Name reported by /v1/models (default: the model file's stem).
+    #[arg(long)]
+    model_id: Option<String>,
 }
 
 pub fn serve(margs: &ModelArgs, o: Options) -> Result<()> {
