@@ -339,7 +339,19 @@ pub unsafe fn attend(
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    super::attend_with(|a, b| dot_f32(a, b), |s, x, y| axpy(s, x, y), q, k, v, stride, start, end, scores, out)
+    super::attend_with(
+        |a, b| dot_f32(a, b),
+        |s, x, y| axpy(s, x, y),
+        |s| softmax(s),
+        q,
+        k,
+        v,
+        stride,
+        start,
+        end,
+        scores,
+        out,
+    )
 }
 
 /// `G` query heads that share one key/value head, each with exactly the
@@ -393,17 +405,8 @@ pub unsafe fn attend_heads<const G: usize>(
         }
         j += 2;
     }
-    // softmax per head, as `attend_with`
     for h in 0..G {
-        let s = &mut scores[h * n..(h + 1) * n];
-        let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let mut sum = 0f32;
-        for x in s.iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        s.iter_mut().for_each(|x| *x *= inv);
+        softmax(&mut scores[h * n..(h + 1) * n]);
     }
     // values: four 16-lane chunks of every head at a time, keys in order
     let sp = scores.as_ptr();
@@ -450,6 +453,62 @@ unsafe fn values_block<const G: usize, const CW: usize>(
         for t in 0..CW {
             _mm512_storeu_ps(out.add(h * hd + 16 * t), acc[h][t]);
         }
+    }
+}
+
+/// `scalar::exp_f32` on 16 lanes, operation for operation.
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+unsafe fn exp16(x: __m512) -> __m512 {
+    use super::scalar::{EXP_P, LN2_HI, LN2_LO, LOG2E};
+    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(LOG2E),
+    ));
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
+    let z = _mm512_mul_ps(r, r);
+    let mut y = _mm512_set1_ps(EXP_P[0]);
+    for &c in &EXP_P[1..] {
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(_mm512_fmadd_ps(y, z, r), _mm512_set1_ps(1.0));
+    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+    _mm512_mul_ps(y, _mm512_castsi512_ps(e))
+}
+
+/// `scalar::softmax`, 16 lanes at a time (same max, exp, lane sums, scale).
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+pub unsafe fn softmax(s: &mut [f32]) {
+    let n = s.len();
+    let p = s.as_mut_ptr();
+    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + 16 <= n {
+        mx = _mm512_max_ps(mx, _mm512_loadu_ps(p.add(i)));
+        i += 16;
+    }
+    let mut max = _mm512_reduce_max_ps(mx);
+    for &v in &s[i..] {
+        max = max.max(v);
+    }
+    let mv = _mm512_set1_ps(max);
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let m: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
+        let e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), mv));
+        _mm512_mask_storeu_ps(p.add(i), m, e);
+        acc = _mm512_mask_add_ps(acc, m, acc, e);
+        i += 16;
+    }
+    let inv = _mm512_set1_ps(1.0 / reduce16(acc));
+    let mut i = 0;
+    while i < n {
+        let m: __mmask16 = if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 };
+        _mm512_mask_storeu_ps(p.add(i), m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(i)), inv));
+        i += 16;
     }
 }
 

@@ -211,7 +211,19 @@ pub fn attend(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: chosen only when available.
         Isa::Avx512Vnni => unsafe { avx512::attend(q, k, v, stride, start, end, scores, out) },
-        _ => attend_with(scalar::dot_f32, |a, x, y| axpy(isa, a, x, y), q, k, v, stride, start, end, scores, out),
+        _ => attend_with(
+            scalar::dot_f32,
+            |a, x, y| axpy(isa, a, x, y),
+            scalar::softmax,
+            q,
+            k,
+            v,
+            stride,
+            start,
+            end,
+            scores,
+            out,
+        ),
     }
 }
 
@@ -257,6 +269,7 @@ pub fn attend_heads(
 pub(crate) fn attend_with(
     dot: impl Fn(&[f32], &[f32]) -> f32,
     axpy: impl Fn(f32, &[f32], &mut [f32]),
+    softmax: impl Fn(&mut [f32]),
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -269,15 +282,9 @@ pub(crate) fn attend_with(
     let hd = q.len();
     scores.clear();
     scores.extend((start..=end).map(|j| dot(q, &k[j * stride..j * stride + hd])));
-    let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sum = 0f32;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
+    softmax(scores);
     out.fill(0.0);
     for (j, s) in (start..=end).zip(scores.iter()) {
-        axpy(*s * inv, &v[j * stride..j * stride + hd], out);
+        axpy(*s, &v[j * stride..j * stride + hd], out);
     }
 }

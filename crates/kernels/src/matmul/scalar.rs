@@ -106,6 +106,44 @@ pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     reduce16(&lanes)
 }
 
+/// Constants of `exp_f32` (Cephes' expf): ln 2 split in two for an exact
+/// range reduction, then a degree-5 polynomial on [-ln2/2, ln2/2].
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+pub(crate) const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+
+/// e^x for softmax weights, with exactly the f32 operations (fused where
+/// fused) of the SIMD version, so every ISA gives the same bits (libm's expf
+/// cannot be vectorized to match). Input clamped to [-87, 88]; ~1 ulp.
+#[allow(clippy::manual_clamp)] // max/min map NaN to -87 like _mm512_max_ps; clamp keeps NaN
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.max(-87.0).min(88.0);
+    let n = (x * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_HI, x);
+    let r = n.mul_add(-LN2_LO, r);
+    let z = r * r;
+    let mut y = EXP_P[0];
+    for &c in &EXP_P[1..] {
+        y = y.mul_add(r, c);
+    }
+    let y = y.mul_add(z, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+/// Softmax of attention scores in place: max, `exp_f32(s - max)`, a 16-lane
+/// sum (lane l adds elements l, l+16, ... in order; then `reduce16`), scale.
+pub fn softmax(s: &mut [f32]) {
+    let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut lanes = [0f32; 16];
+    for (i, x) in s.iter_mut().enumerate() {
+        *x = exp_f32(*x - max);
+        lanes[i % 16] += *x;
+    }
+    let inv = 1.0 / reduce16(&lanes);
+    s.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// Sums 16 lanes pairwise (8+8, 4+4, 2+2, 1+1), as `_mm512_reduce_add_ps` does.
 pub fn reduce16(l: &[f32; 16]) -> f32 {
     let mut v = *l;
