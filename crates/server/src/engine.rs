@@ -42,11 +42,11 @@ impl DrafterKind {
             _ => None,
         }
     }
-    fn make(self) -> Option<Box<dyn Drafter + Send>> {
+    fn make(self) -> Box<dyn Drafter + Send> {
         match self {
-            DrafterKind::None => None,
-            DrafterKind::Ngram => Some(Box::new(NgramDrafter::default())),
-            DrafterKind::Suffix => Some(Box::new(SuffixDrafter::default())),
+            DrafterKind::None => Box::new(NoDraft),
+            DrafterKind::Ngram => Box::new(NgramDrafter::default()),
+            DrafterKind::Suffix => Box::new(SuffixDrafter::default()),
         }
     }
 }
@@ -138,7 +138,9 @@ pub struct EngineConfig {
 struct Active {
     job: Job,
     session: Session,
-    drafter: Option<Box<dyn Drafter + Send>>,
+    /// `NoDraft` when the request does not speculate.
+    drafter: Box<dyn Drafter + Send>,
+    speculated: bool,
     ctl: Controller,
     decoder: StreamDecoder,
     /// Decoded text so far and how much of it was sent.
@@ -177,21 +179,17 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             while active.len() < cfg.max_concurrent {
                 let Some(job) = q.pop_front() else { break };
                 let k_max = job.draft_max.unwrap_or(cfg.draft_max).min(cfg.draft_max.max(1));
-                let drafter = if job.speculate { cfg.drafter.make() } else { None };
+                let speculated = job.speculate && cfg.drafter != DrafterKind::None;
+                let drafter = if speculated { cfg.drafter.make() } else { DrafterKind::None.make() };
                 let ctl = Controller::new(k_max.max(1));
-                match Session::new(
-                    model,
-                    &job.prompt,
-                    job.max_new,
-                    if drafter.is_some() { k_max } else { 0 },
-                    &job.params,
-                ) {
+                match Session::new(model, &job.prompt, job.max_new, if speculated { k_max } else { 0 }, &job.params) {
                     Ok(session) => {
                         queue.live.fetch_add(1, Ordering::SeqCst);
                         active.push(Active {
                             job,
                             session,
                             drafter,
+                            speculated,
                             ctl,
                             decoder: StreamDecoder::new(),
                             text: String::new(),
@@ -246,15 +244,8 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             .iter_mut()
             .zip(failed.iter_mut())
             .map(|(a, f)| {
-                guarded(a, &metrics, f, |a| {
-                    let mut none = NoDraft;
-                    let drafter: &mut dyn Drafter = match a.drafter.as_mut() {
-                        Some(d) => d.as_mut(),
-                        None => &mut none,
-                    };
-                    a.session.plan_capped(model, drafter, &mut a.ctl, cap)
-                })
-                .unwrap_or(Pass { tokens: vec![], rows: specdec_engine::LogitRows::Last })
+                guarded(a, &metrics, f, |a| a.session.plan_capped(model, a.drafter.as_mut(), &mut a.ctl, cap))
+                    .unwrap_or(Pass { tokens: vec![], rows: specdec_engine::LogitRows::Last })
             })
             .collect();
         let t = Instant::now();
@@ -325,13 +316,8 @@ fn finish_step(
     is_eog: &dyn Fn(u32) -> bool,
     metrics: &Metrics,
 ) -> bool {
-    let mut none = NoDraft;
-    let drafter: &mut dyn Drafter = match a.drafter.as_mut() {
-        Some(d) => d.as_mut(),
-        None => &mut none,
-    };
     let before = a.session.spec.clone();
-    let new = a.session.absorb(model, logits, secs, drafter, &mut a.ctl, is_eog);
+    let new = a.session.absorb(model, logits, secs, a.drafter.as_mut(), &mut a.ctl, is_eog);
     metrics.spec_step(&before, &a.session.spec);
     let now = Instant::now();
     if !new.is_empty() {
@@ -393,12 +379,10 @@ fn finish_step(
             prompt_tokens: a.job.prompt.len(),
             completion_tokens: a.session.out.len(),
             spec: a.session.spec.clone(),
-            speculated: a.drafter.is_some(),
+            speculated: a.speculated,
         };
         metrics.finished(&fin, a.job.received.elapsed().as_secs_f64());
-        if let Some(d) = a.drafter.as_mut() {
-            d.end();
-        }
+        a.drafter.end();
         let _ = a.job.tx.send(Event::Done(fin));
     }
     done

@@ -97,6 +97,8 @@ struct AppState {
     ids: AtomicU64,
     /// SHA-256 of the API key, if one is required.
     key_digest: Option<[u8; 32]>,
+    /// The BOS token's text (a rendered chat template starts with it).
+    bos_text: Option<String>,
 }
 
 type Shared = Arc<AppState>;
@@ -116,10 +118,11 @@ pub async fn serve(
     let arch = text("general.architecture").unwrap_or_default();
     let tok = &loaded.tokenizer;
     let special = |id: Option<u32>| id.map(|t| String::from_utf8_lossy(&tok.token_bytes(t, true)).into_owned());
+    let bos_text = special(tok.bos);
     let template = ChatTemplate::new(
         text("tokenizer.chat_template").as_deref(),
         &arch,
-        &special(tok.bos).unwrap_or_default(),
+        bos_text.as_deref().unwrap_or_default(),
         &special(tok.eos).unwrap_or_default(),
     )
     .map_err(|e| e.to_string());
@@ -144,6 +147,7 @@ pub async fn serve(
         template,
         ids: AtomicU64::new(0),
         key_digest,
+        bos_text,
     });
     let app = router(state);
 
@@ -332,8 +336,7 @@ async fn generate(s: Shared, r: GenRequest) -> Response {
         Prompt::Ids(ids) => (ids.clone(), None),
         Prompt::Text(t) => {
             // A rendered chat template brings its own BOS.
-            let bos_text = tok.bos.map(|b| String::from_utf8_lossy(&tok.token_bytes(b, true)).into_owned());
-            let add_special = !(r.chat && bos_text.is_some_and(|b| !b.is_empty() && t.starts_with(&b)));
+            let add_special = !(r.chat && s.bos_text.as_ref().is_some_and(|b| !b.is_empty() && t.starts_with(b)));
             (tok.encode(t, add_special, true), Some(t.clone()))
         }
     };
@@ -370,7 +373,7 @@ async fn generate(s: Shared, r: GenRequest) -> Response {
         max_new,
         params: r.params.clone(),
         stop: r.stop.clone(),
-        speculate: r.speculate && s.cfg.drafter != DrafterKind::None,
+        speculate: r.speculate,
         draft_max: r.draft_max,
         tx,
         received: Instant::now(),

@@ -68,8 +68,6 @@ pub struct Session {
     pub spec: SpecStats,
     pub stopped_on_eog: bool,
     prefilled: bool,
-    /// Prompt tokens already in the cache (prefill may come in chunks).
-    prompt_done: usize,
     /// Largest prefill chunk per pass.
     pub prefill_chunk: usize,
     /// The draft riding on the planned pass.
@@ -111,7 +109,6 @@ impl Session {
             spec: SpecStats { accepted_per_pos: vec![0; max_k], ..Default::default() },
             stopped_on_eog: false,
             prefilled: false,
-            prompt_done: 0,
             prefill_chunk: usize::MAX,
             pending: Draft::default(),
             base: 0,
@@ -144,8 +141,10 @@ impl Session {
     ) -> Pass {
         self.base = self.cache.len();
         if !self.prefilled {
-            let end = self.prompt_len.min(self.prompt_done.saturating_add(self.prefill_chunk.max(1)));
-            return Pass { tokens: self.ctx[self.prompt_done..end].to_vec(), rows: LogitRows::Last };
+            // Until prefilled, the cache holds exactly the prompt's first tokens.
+            let done = self.cache.len();
+            let end = self.prompt_len.min(done.saturating_add(self.prefill_chunk.max(1)));
+            return Pass { tokens: self.ctx[done..end].to_vec(), rows: LogitRows::Last };
         }
         let remaining = self.max_new - self.out.len();
         // Never draft past the token budget: the bonus always comes on top.
@@ -195,8 +194,7 @@ impl Session {
         let n_vocab = model.vocab_size();
         if !self.prefilled {
             self.stats.prefill_s += secs;
-            self.prompt_done = self.cache.len();
-            if self.prompt_done < self.prompt_len {
+            if self.cache.len() < self.prompt_len {
                 // A chunk of a long prompt: nothing to emit yet (batch
                 // invariance makes chunked prefill give the same logits).
                 return Vec::new();
