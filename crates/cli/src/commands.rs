@@ -264,9 +264,17 @@ pub fn generate(
     Ok(())
 }
 
+/// A GGUF file, or a Hugging Face checkpoint directory converted in memory.
+fn open_model_file(path: &std::path::Path) -> Result<GgufFile> {
+    if path.is_dir() {
+        return specdec_engine::hf::load_dir(path).with_context(|| format!("reading {}", path.display()));
+    }
+    GgufFile::open(path).with_context(|| format!("reading {}", path.display()))
+}
+
 fn tokenizer_only(m: &ModelArgs) -> Result<Tokenizer> {
     let path = model_path(m)?;
-    let f = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let f = open_model_file(&path)?;
     Ok(Tokenizer::from_gguf(&f.header)?)
 }
 
@@ -295,7 +303,7 @@ pub fn tokenize(m: &ModelArgs, text: Option<String>, input: Option<PathBuf>) -> 
 
 pub fn inspect(m: &ModelArgs, show_tensors: bool) -> Result<()> {
     let path = model_path(m)?;
-    let f = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    let f = open_model_file(&path)?;
     let h = &f.header;
     println!("file: {} ({} bytes, GGUF v{}, alignment {})", path.display(), f.bytes().len(), h.version, h.alignment);
     if h.trailing_bytes > 0 {
@@ -342,8 +350,43 @@ pub fn inspect(m: &ModelArgs, show_tensors: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn profile(m: &ModelArgs, as_json: bool, reps: usize) -> Result<()> {
-    let loaded = load_model(m, as_json)?;
+/// A random-weight model with a preset's shapes, built in memory.
+fn load_synthetic(name: &str, m: &ModelArgs, quiet: bool) -> Result<Loaded> {
+    let Some(p) = specdec_engine::synthetic::preset(name) else {
+        let names: Vec<&str> = specdec_engine::synthetic::PRESETS.iter().map(|p| p.name).collect();
+        bail!("unknown synthetic model {name:?}: choose one of {}", names.join(", "));
+    };
+    let bar = indicatif::ProgressBar::new(1);
+    if quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_message(format!("building random {name} (Q4_K_M)"));
+    }
+    let bytes = specdec_engine::synthetic::build(p, &|i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+    });
+    let file = std::sync::Arc::new(GgufFile::from_bytes(bytes, format!("synthetic:{name}"))?);
+    bar.set_message("packing");
+    let opts = LoadOptions { threads: m.threads, force_f32: false };
+    let loaded = specdec_engine::load_file(file, &opts, &|i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok(loaded)
+}
+
+pub fn profile(m: &ModelArgs, as_json: bool, reps: usize, synthetic: Option<&str>) -> Result<()> {
+    let loaded = match synthetic {
+        Some(name) => load_synthetic(name, m, as_json)?,
+        None => load_model(m, as_json)?,
+    };
     let model = loaded.model.as_ref();
     let threads =
         if m.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { m.threads };

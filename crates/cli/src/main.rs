@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
-    /// GGUF model file. Default: the default model in $SPECDEC_HOME/models
+    /// GGUF model file, or a Hugging Face checkpoint directory (config.json,
+    /// *.safetensors, tokenizer.json; llama, qwen2). Default: the default model in $SPECDEC_HOME/models
     /// (~/.cache/specdec/models/gemma-3-270m-q4_k_m.gguf); fetch it with
     /// scripts/fetch-model.sh.
     #[arg(long, short = 'm')]
@@ -154,6 +155,11 @@ enum Cmd {
         /// Repetitions of each timed pass (medians are reported).
         #[arg(long, default_value_t = 7)]
         reps: usize,
+        /// Profile random weights with a real model's shapes and llama.cpp's
+        /// Q4_K_M type mix instead of --model: r1-distill-qwen-1.5b,
+        /// r1-distill-qwen-7b, r1-distill-llama-8b.
+        #[arg(long, value_name = "NAME", conflicts_with = "model")]
+        synthetic: Option<String>,
     },
 }
 
@@ -168,7 +174,7 @@ fn main() {
         }
         Cmd::Tokenize { model, text, input_jsonl } => commands::tokenize(&model, text, input_jsonl),
         Cmd::Inspect { model, tensors } => commands::inspect(&model, tensors),
-        Cmd::Profile { model, json, reps } => commands::profile(&model, json, reps),
+        Cmd::Profile { model, json, reps, synthetic } => commands::profile(&model, json, reps, synthetic.as_deref()),
         Cmd::Serve { model, opts } => serve::serve(&model, opts),
     };
     if let Err(e) = r {

@@ -7,12 +7,14 @@
 
 pub mod fixtures;
 pub mod generate;
+pub mod hf;
 pub mod kv;
 pub mod models;
 pub mod profile;
 pub mod rng;
 pub mod sampler;
 pub mod spec;
+pub mod synthetic;
 pub mod weights;
 
 use std::path::Path;
@@ -47,7 +49,7 @@ pub enum EngineError {
     Tokenizer(#[from] TokenizerError),
     #[error("model metadata {key}: {problem}")]
     Metadata { key: String, problem: String },
-    #[error("architecture {0:?} is not supported (supported: gemma3)")]
+    #[error("architecture {0:?} is not supported (supported: gemma3, llama, qwen2)")]
     UnsupportedArch(String),
     #[error("required tensor {0:?} is missing")]
     MissingTensor(String),
@@ -57,6 +59,8 @@ pub enum EngineError {
     Tensor(String, String),
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error("checkpoint {file}: {problem}")]
+    Checkpoint { file: String, problem: String },
     #[error("context full: {need} positions needed, the cache holds {capacity}")]
     ContextFull { need: usize, capacity: usize },
 }
@@ -129,8 +133,19 @@ pub struct LoadOptions {
     pub force_f32: bool,
 }
 
+/// Loads a GGUF file, or a Hugging Face checkpoint directory (converted in
+/// memory, see `hf`).
 pub fn load(path: &Path, opts: &LoadOptions, progress: &dyn Fn(usize, usize)) -> Result<Loaded, EngineError> {
-    let file = Arc::new(GgufFile::open(path)?);
+    let file = Arc::new(if path.is_dir() { hf::load_dir(path)? } else { GgufFile::open(path)? });
+    load_file(file, opts, progress)
+}
+
+/// Builds the model and tokenizer of an opened (or in-memory) GGUF file.
+pub fn load_file(
+    file: Arc<GgufFile>,
+    opts: &LoadOptions,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Loaded, EngineError> {
     let tokenizer = Tokenizer::from_gguf(&file.header)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)

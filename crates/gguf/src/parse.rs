@@ -45,11 +45,17 @@ impl Gguf {
     }
 }
 
-/// An mmapped GGUF file with its parsed header.
+/// A GGUF file with its parsed header: mmapped from disk, or held in memory
+/// (a checkpoint converted at load time, e.g. from safetensors).
 pub struct GgufFile {
     pub header: Gguf,
-    mmap: memmap2::Mmap,
+    data: Backing,
     pub path: std::path::PathBuf,
+}
+
+enum Backing {
+    Mmap(memmap2::Mmap),
+    Owned(Vec<u8>),
 }
 
 impl GgufFile {
@@ -61,16 +67,25 @@ impl GgufFile {
         // while mapped can raise SIGBUS; that is documented in ARCHITECTURE.md.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let header = parse(&mmap)?;
-        Ok(GgufFile { header, mmap, path: path.to_path_buf() })
+        Ok(GgufFile { header, data: Backing::Mmap(mmap), path: path.to_path_buf() })
+    }
+
+    /// Parses GGUF bytes held in memory; `path` names where they came from.
+    pub fn from_bytes(bytes: Vec<u8>, path: impl AsRef<Path>) -> Result<GgufFile> {
+        let header = parse(&bytes)?;
+        Ok(GgufFile { header, data: Backing::Owned(bytes), path: path.as_ref().to_path_buf() })
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.mmap
+        match &self.data {
+            Backing::Mmap(m) => m,
+            Backing::Owned(v) => v,
+        }
     }
 
     /// The raw bytes of a tensor; bounds were proven at parse time.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        &self.mmap[t.offset as usize..(t.offset + t.n_bytes) as usize]
+        &self.bytes()[t.offset as usize..(t.offset + t.n_bytes) as usize]
     }
 }
 

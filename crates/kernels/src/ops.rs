@@ -105,11 +105,15 @@ pub fn softmax(x: &mut [f32]) {
 pub struct Rope {
     pub theta_scale: f32,
     pub pairs: usize,
+    /// Per-pair divisors of the angle (Llama 3 scaling, GGUF `rope_freqs`);
+    /// empty when unscaled.
+    pub freq_factors: Vec<f32>,
 }
 
 impl Rope {
+    /// Rotates the first `d` dimensions of a head.
     pub fn new(d: usize, base: f32) -> Rope {
-        Rope { theta_scale: base.powf(-2.0 / d as f32), pairs: d / 2 }
+        Rope { theta_scale: base.powf(-2.0 / d as f32), pairs: d / 2, freq_factors: Vec::new() }
     }
 }
 
@@ -119,10 +123,31 @@ pub fn rope_table(pos: usize, rope: &Rope, cos: &mut Vec<f32>, sin: &mut Vec<f32
     cos.clear();
     sin.clear();
     let mut theta = pos as f32;
-    for _ in 0..rope.pairs {
-        cos.push(theta.cos());
-        sin.push(theta.sin());
+    for i in 0..rope.pairs {
+        let t = match rope.freq_factors.get(i) {
+            Some(f) => theta / f,
+            None => theta,
+        };
+        cos.push(t.cos());
+        sin.push(t.sin());
         theta *= rope.theta_scale;
+    }
+}
+
+/// Rotates one head (normal layout: adjacent pairs (2i, 2i + 1)), as GGUF
+/// files converted from Llama checkpoints expect.
+pub fn rope_norm(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for (i, p) in x.chunks_exact_mut(2).take(cos.len()).enumerate() {
+        let (a, b) = (p[0], p[1]);
+        p[0] = a * cos[i] - b * sin[i];
+        p[1] = a * sin[i] + b * cos[i];
+    }
+}
+
+/// g = silu(g) * u, element-wise (SwiGLU).
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    for (a, &b) in g.iter_mut().zip(u) {
+        *a = *a / (1.0 + (-*a).exp()) * b;
     }
 }
 

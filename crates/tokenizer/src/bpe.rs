@@ -26,11 +26,24 @@ pub(crate) fn byte_to_char() -> [char; 256] {
     table
 }
 
+const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// The `tokenizer.ggml.pre` name of a pre-tokenizer regex found in a
+/// `tokenizer.json` (as llama.cpp's converter names them), if we know it.
+pub fn pre_for_pattern(pattern: &str) -> Option<&'static str> {
+    match pattern {
+        LLAMA3 => Some("llama-bpe"),
+        QWEN2 => Some("qwen2"),
+        GPT2 => Some("gpt2"),
+        _ => None,
+    }
+}
+
 /// Pre-tokenizer patterns by `tokenizer.ggml.pre`.
 pub(crate) fn pre_pattern(pre: &str) -> &'static str {
-    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
     match pre {
         "llama3" | "llama-bpe" | "llama-v3" | "smaug-bpe" | "dbrx" => LLAMA3,
         "qwen2" | "deepseek-r1-qwen" | "qwen35" => QWEN2,

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use specdec_gguf::{Array, Gguf, Value};
 
+pub use bpe::pre_for_pattern;
 pub use stream::StreamDecoder;
 
 pub type TokenId = u32;

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
 use specdec_kernels::quant::dequantize_row;
-use specdec_kernels::{attend_heads, isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+
+use super::common::{attention, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows};
 
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -185,68 +187,6 @@ impl Gemma3 {
     fn mm(&self, x: &[f32], m: usize, qa: &mut ActScratch, jobs: &mut [MatmulJob]) {
         matmul(&self.pool, self.isa, x, m, qa, jobs);
     }
-
-    /// Causal attention of every query row over its own sequence's cache:
-    /// row r belongs to sequence `row_seq[r]` and sits at position `row_pos[r]`.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        layer: usize,
-        caches: &[(&[f32], &[f32])],
-        row_seq: &[usize],
-        row_pos: &[usize],
-        q: &[f32],
-        out: &mut [f32],
-    ) {
-        let c = &self.cfg;
-        let m = row_seq.len();
-        let (hd, nh) = (c.head_dim, c.n_head);
-        let group = nh / c.n_head_kv;
-        let kv_dim = c.n_head_kv * hd;
-        let local = c.is_local(layer);
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let nt = self.pool.threads();
-        // Heads of a key/value group go through one pass (each key and value
-        // row read once for all of them); short passes split groups so every
-        // thread has work. Per-head arithmetic is the same either way.
-        let mut gs = group;
-        while gs.is_multiple_of(2) && m * nh / gs < 2 * nt {
-            gs /= 2;
-        }
-        let per_row = nh / gs;
-        let tasks = m * per_row;
-        self.pool.run(&|t| {
-            let mut scores = Vec::new();
-            let mut acc = vec![0f32; gs * hd];
-            // Strided, not blocked: later rows attend to more positions, so
-            // interleaving balances the threads.
-            for task in (t..tasks).step_by(nt) {
-                let (i, h0) = (task / per_row, (task % per_row) * gs);
-                let pos = row_pos[i];
-                let (kc, vc) = caches[row_seq[i]];
-                let start = if local { (pos + 1).saturating_sub(c.window) } else { 0 };
-                let qh = &q[i * nh * hd + h0 * hd..][..gs * hd];
-                let kvh = (h0 / group) * hd;
-                let (kh, vh) = (&kc[kvh..], &vc[kvh..]);
-                attend_heads(self.isa, gs, qh, kh, vh, kv_dim, start, pos, &mut scores, &mut acc);
-                // SAFETY: each (row, heads) slice is written by exactly one task.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(i * nh * hd + h0 * hd), gs * hd)
-                };
-            }
-        });
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only for disjoint writes from pool tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 impl Model for Gemma3 {
@@ -270,17 +210,8 @@ impl Model for Gemma3 {
         for it in items.iter() {
             check_item(self, it)?;
         }
-        // Rows of every sequence, in order: row r is sequence row_seq[r] at position row_pos[r].
-        let (mut row_seq, mut row_pos, mut ids) = (vec![], vec![], vec![]);
-        for (s, it) in items.iter().enumerate() {
-            let pos0 = it.cache.len();
-            for (j, &t) in it.tokens.iter().enumerate() {
-                row_seq.push(s);
-                row_pos.push(pos0 + j);
-                ids.push(t);
-            }
-        }
-        let m = ids.len();
+        let rows = Rows::of(items);
+        let m = rows.len();
         if m == 0 {
             return Ok(items.iter().map(|_| Vec::new()).collect());
         }
@@ -291,17 +222,14 @@ impl Model for Gemma3 {
         let mut x = vec![0f32; m * d];
         let row_bytes = (self.embd.n_bytes / self.embd.dims[1]) as usize;
         let embd = self.file.tensor_data(&self.embd);
-        for (i, &t) in ids.iter().enumerate() {
+        for (i, &t) in rows.ids.iter().enumerate() {
             let r = &mut x[i * d..(i + 1) * d];
             dequantize_row(self.embd.ty, &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes], r)
                 .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
             let s = (d as f32).sqrt();
             r.iter_mut().for_each(|v| *v *= s);
         }
-        for it in items.iter_mut() {
-            let n = it.cache.len() + it.tokens.len();
-            it.cache.reserve(n);
-        }
+        reserve(items);
 
         let mut qa = ActScratch::default();
         let mut h = vec![0f32; m * d];
@@ -315,7 +243,7 @@ impl Model for Gemma3 {
         // cos/sin of every row's position, for local and global rope bases.
         let (mut cos_l, mut sin_l, mut cos_g, mut sin_g) = (vec![], vec![], vec![], vec![]);
         let (mut tc, mut ts) = (vec![], vec![]);
-        for &pos in &row_pos {
+        for &pos in &rows.pos {
             rope_table(pos, &self.rope_local, &mut tc, &mut ts);
             cos_l.extend_from_slice(&tc);
             sin_l.extend_from_slice(&ts);
@@ -341,7 +269,6 @@ impl Model for Gemma3 {
             let (cos, sin) = if c.is_local(li) { (&cos_l, &sin_l) } else { (&cos_g, &sin_g) };
             let half = hd / 2;
             for i in 0..m {
-                let pos = row_pos[i];
                 let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
                 for head in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
                     rmsnorm(head, &l.q_norm, c.eps);
@@ -352,15 +279,15 @@ impl Model for Gemma3 {
                     rmsnorm(head, &l.k_norm, c.eps);
                     rope_neox(head, cs, sn);
                 }
-                let cache = &mut *items[row_seq[i]].cache;
-                cache.k[li][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&k[i * kv_dim..(i + 1) * kv_dim]);
-                cache.v[li][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(&v[i * kv_dim..(i + 1) * kv_dim]);
+                store_kv(items, &rows, li, i, &k[i * kv_dim..(i + 1) * kv_dim], &v[i * kv_dim..(i + 1) * kv_dim]);
             }
-            {
-                let caches: Vec<(&[f32], &[f32])> =
-                    items.iter().map(|it| (it.cache.k[li].as_slice(), it.cache.v[li].as_slice())).collect();
-                self.attention(li, &caches, &row_seq, &row_pos, &q, &mut att);
-            }
+            let shape = AttnShape {
+                head_dim: hd,
+                n_head: c.n_head,
+                n_head_kv: c.n_head_kv,
+                window: c.is_local(li).then_some(c.window),
+            };
+            attention(&self.pool, self.isa, shape, &layer_caches(items, li), &rows, &q, &mut att);
             self.mm(&att, m, &mut qa, &mut [MatmulJob { w: &l.wo, out: &mut o }]);
             rmsnorm_rows(&mut o, &l.post_attn_norm, c.eps);
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
@@ -380,44 +307,14 @@ impl Model for Gemma3 {
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
 
-        // Rows that need logits: all of a sequence's, or its last.
-        let mut want = Vec::new();
-        let mut per_seq = Vec::with_capacity(items.len());
-        let mut r0 = 0;
-        for it in items.iter_mut() {
-            let n = it.tokens.len();
-            let first = match it.rows {
-                LogitRows::All => 0,
-                LogitRows::Last => n.saturating_sub(1),
-            };
-            let nr = if n == 0 { 0 } else { n - first };
-            want.extend(r0 + first..r0 + first + nr);
-            per_seq.push(nr);
-            let len = it.cache.len() + n;
-            it.cache.set_len(len);
-            r0 += n;
-        }
-        let mut xs = Vec::with_capacity(want.len() * d);
-        for &r in &want {
-            xs.extend_from_slice(&x[r * d..(r + 1) * d]);
-        }
+        let (mut xs, per_seq) = finish_rows(items, &x, d);
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
-        let mut logits = matmul_alloc(&self.pool, self.isa, &xs, want.len(), &mut qa, &self.output);
+        let n_out: usize = per_seq.iter().sum();
+        let mut logits = matmul_alloc(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
-        // Split per sequence (one sequence: hand the buffer over as is).
-        if items.len() == 1 {
-            return Ok(vec![logits]);
-        }
-        let nv = c.n_vocab;
-        let mut out = Vec::with_capacity(items.len());
-        let mut at = 0;
-        for nr in per_seq {
-            out.push(logits[at * nv..(at + nr) * nv].to_vec());
-            at += nr;
-        }
-        Ok(out)
+        Ok(split_logits(logits, &per_seq, c.n_vocab))
     }
 
     fn weight_bytes_per_token(&self) -> usize {

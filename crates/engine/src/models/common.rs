@@ -1,0 +1,163 @@
+//! Pieces every decoder-only architecture shares: laying out the rows of a
+//! batched pass, causal attention over each row's own cache, and picking the
+//! rows that need logits. Each works row by row, so a row's numbers never
+//! depend on how many rows or sequences share the pass.
+
+use specdec_kernels::{attend_heads, Isa, Pool};
+
+use crate::{BatchItem, LogitRows};
+
+/// The rows of a batched pass, sequence after sequence: row r is token
+/// `ids[r]` of sequence `seq[r]` at position `pos[r]`.
+pub struct Rows {
+    pub seq: Vec<usize>,
+    pub pos: Vec<usize>,
+    pub ids: Vec<u32>,
+}
+
+impl Rows {
+    pub fn of(items: &[BatchItem]) -> Rows {
+        let (mut seq, mut pos, mut ids) = (vec![], vec![], vec![]);
+        for (s, it) in items.iter().enumerate() {
+            let pos0 = it.cache.len();
+            for (j, &t) in it.tokens.iter().enumerate() {
+                seq.push(s);
+                pos.push(pos0 + j);
+                ids.push(t);
+            }
+        }
+        Rows { seq, pos, ids }
+    }
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Attention geometry of one layer.
+#[derive(Clone, Copy)]
+pub struct AttnShape {
+    pub head_dim: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    /// Sliding window (keys at distance >= window are masked), or None.
+    pub window: Option<usize>,
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes from pool tasks.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Causal attention of every query row over its own sequence's cache.
+/// `q` holds each row's (already scaled and rotated) query heads, `caches[s]`
+/// sequence s's keys and values of this layer; `out` receives each row's
+/// attention output, `n_head x head_dim` per row.
+pub fn attention(
+    pool: &Pool,
+    isa: Isa,
+    shape: AttnShape,
+    caches: &[(&[f32], &[f32])],
+    rows: &Rows,
+    q: &[f32],
+    out: &mut [f32],
+) {
+    let (hd, nh) = (shape.head_dim, shape.n_head);
+    let m = rows.len();
+    let group = nh / shape.n_head_kv;
+    let kv_dim = shape.n_head_kv * hd;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let nt = pool.threads();
+    // Heads of a key/value group go through one pass (each key and value row
+    // read once for all of them); short passes split groups so every thread
+    // has work. Per-head arithmetic is the same either way.
+    let mut gs = group;
+    while gs.is_multiple_of(2) && m * nh / gs < 2 * nt {
+        gs /= 2;
+    }
+    let per_row = nh / gs;
+    let tasks = m * per_row;
+    pool.run(&|t| {
+        let mut scores = Vec::new();
+        let mut acc = vec![0f32; gs * hd];
+        // Strided, not blocked: later rows attend to more positions, so
+        // interleaving balances the threads.
+        for task in (t..tasks).step_by(nt) {
+            let (i, h0) = (task / per_row, (task % per_row) * gs);
+            let pos = rows.pos[i];
+            let (kc, vc) = caches[rows.seq[i]];
+            let start = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let qh = &q[i * nh * hd + h0 * hd..][..gs * hd];
+            let kvh = (h0 / group) * hd;
+            let (kh, vh) = (&kc[kvh..], &vc[kvh..]);
+            attend_heads(isa, gs, qh, kh, vh, kv_dim, start, pos, &mut scores, &mut acc);
+            // SAFETY: each (row, heads) slice is written by exactly one task.
+            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(i * nh * hd + h0 * hd), gs * hd) };
+        }
+    });
+}
+
+/// Marks every sequence's rows as appended to its cache and gathers the
+/// hidden states (`d` wide) of the rows that need logits: all of a sequence's
+/// rows, or its last. Returns those rows and how many each sequence has.
+pub fn finish_rows(items: &mut [BatchItem], x: &[f32], d: usize) -> (Vec<f32>, Vec<usize>) {
+    let mut xs = Vec::new();
+    let mut per_seq = Vec::with_capacity(items.len());
+    let mut r0 = 0;
+    for it in items.iter_mut() {
+        let n = it.tokens.len();
+        let first = match it.rows {
+            LogitRows::All => 0,
+            LogitRows::Last => n.saturating_sub(1),
+        };
+        let nr = if n == 0 { 0 } else { n - first };
+        xs.extend_from_slice(&x[(r0 + first) * d..(r0 + first + nr) * d]);
+        per_seq.push(nr);
+        let len = it.cache.len() + n;
+        it.cache.set_len(len);
+        r0 += n;
+    }
+    (xs, per_seq)
+}
+
+/// Splits one pass's logits (`n_vocab` per row) per sequence.
+pub fn split_logits(logits: Vec<f32>, per_seq: &[usize], n_vocab: usize) -> Vec<Vec<f32>> {
+    if per_seq.len() == 1 {
+        return vec![logits];
+    }
+    let mut out = Vec::with_capacity(per_seq.len());
+    let mut at = 0;
+    for &nr in per_seq {
+        out.push(logits[at * n_vocab..(at + nr) * n_vocab].to_vec());
+        at += nr;
+    }
+    out
+}
+
+/// Writes row `i`'s key and value (`kv_dim` each) into its sequence's cache
+/// at its position.
+pub fn store_kv(items: &mut [BatchItem], rows: &Rows, layer: usize, i: usize, k: &[f32], v: &[f32]) {
+    let kv_dim = k.len();
+    let pos = rows.pos[i];
+    let cache = &mut *items[rows.seq[i]].cache;
+    cache.k[layer][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(k);
+    cache.v[layer][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(v);
+}
+
+/// Each sequence's keys and values of one layer.
+pub fn layer_caches<'a>(items: &'a [BatchItem], layer: usize) -> Vec<(&'a [f32], &'a [f32])> {
+    items.iter().map(|it| (it.cache.k[layer].as_slice(), it.cache.v[layer].as_slice())).collect()
+}
+
+/// Makes room in every sequence's cache for its new rows.
+pub fn reserve(items: &mut [BatchItem]) {
+    for it in items.iter_mut() {
+        let n = it.cache.len() + it.tokens.len();
+        it.cache.reserve(n);
+    }
+}

@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Builds the tiny random-weight reference fixtures under tests/fixtures/.
+
+Run on a development machine (CI never runs it; the outputs are committed):
+
+    python3 -m venv /tmp/refenv
+    /tmp/refenv/bin/pip install torch==2.13.0 transformers==5.23.0 tokenizers==0.23.3 \
+        safetensors==0.8.0 gguf==0.19.0 numpy
+    /tmp/refenv/bin/python scripts/make-fixtures.py
+
+For each architecture it writes tests/fixtures/<arch>/:
+  hf/            config.json, safetensors (llama: sharded with an index), tokenizer.json,
+                 tokenizer_config.json, as transformers saves them
+  model.gguf     the same weights in llama.cpp's GGUF layout (f32), written with the gguf package
+  golden.json    reference outputs from transformers (f32, eager attention):
+                   tokenize: texts and the ids the HF tokenizer gives them
+                   passes:   a prompt pass, a verify-shaped pass (4 tokens on the prompt's KV
+                             cache) and a single-token pass: tokens and logits of every row
+                   greedy:   16 greedy tokens after the prompt
+Everything is seeded; rerunning reproduces the files.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+
+import gguf
+import numpy as np
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+
+# The pre-tokenizer regexes of Qwen2 and Llama 3 (the R1 distills' two families).
+QWEN2_PAT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+LLAMA3_PAT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Speculative decoding drafts several tokens and verifies them in one pass of the target model.",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\n",
+    "Numbers: 12345 678 90, 3.14159 and 2.71828; dates 2026-11-28.",
+    "Über naïve café résumé — 日本語のテキスト, 中文文本, русский текст.",
+    "I'm sure they'll say we've done it, isn't it? You're right, he'd agree.",
+]
+
+TOKENIZE_TEXTS = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "def add(a, b):\n    return a + b\n",
+    "  leading spaces and trailing  \n\n",
+    "Numbers 1234567 and 3.14",
+    "Ünïcödé 日本語 🙂 mixed",
+    "I'm sure they'll say we've done it.",
+]
+
+PROMPT = "The quick brown fox jumps over the lazy dog. Speculative decoding"
+
+
+def build_tokenizer(pattern, specials, bos):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(pattern=__import__("tokenizers").Regex(pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256 + 160, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[], show_progress=False
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tok.add_special_tokens(specials)
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+        )
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tok
+
+
+def perturb(model, seed):
+    """Every parameter random (transformers zero-initializes biases and sets norms to 1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]) * 1.5)
+
+
+def llama3_factors(rs, head_dim, base):
+    """Per-pair divisors of the rope angle for Llama 3 scaling (what llama.cpp stores as rope_freqs)."""
+    factor, lo, hi, old = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"], rs["original_max_position_embeddings"]
+    lo_wl, hi_wl = old / lo, old / hi
+    out = []
+    for i in range(0, head_dim, 2):
+        freq = 1.0 / base ** (i / head_dim)
+        wl = 2 * math.pi / freq
+        if wl < hi_wl:
+            out.append(1.0)
+        elif wl > lo_wl:
+            out.append(factor)
+        else:
+            s = (old / wl - lo) / (hi - lo)
+            out.append(1.0 / ((1 - s) / factor + s))
+    return np.array(out, dtype=np.float32)
+
+
+def permute_rope_rows(w, n_head):
+    """HF q/k rows (rotate_half pairs (i, i + d/2)) -> GGUF llama rows (adjacent pairs)."""
+    rows = w.shape[0]
+    hd = rows // n_head
+    return w.reshape(n_head, 2, hd // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_gguf(path, arch, cfg, sd, tok, pre, bos_id, eos_id, add_bos, rope_freqs):
+    w = gguf.GGUFWriter(path, arch)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    hd = cfg.hidden_size // cfg.num_attention_heads
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_file_type(0)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    n_vocab = cfg.vocab_size
+    tokens = [None] * n_vocab
+    for t, i in vocab.items():
+        tokens[i] = t
+    added = {a.content for a in tok.get_added_tokens_decoder().values() if a.special}
+    types = []
+    for i in range(n_vocab):
+        if tokens[i] is None:
+            tokens[i] = f"[PAD{i}]"
+            types.append(gguf.TokenType.UNUSED)
+        elif tokens[i] in added:
+            types.append(gguf.TokenType.CONTROL)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    if bos_id is not None:
+        w.add_bos_token_id(bos_id)
+    w.add_eos_token_id(eos_id)
+    w.add_add_bos_token(add_bos)
+
+    def t(name, arr):
+        w.add_tensor(name, np.ascontiguousarray(arr.astype(np.float32)))
+
+    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+    get = lambda k: sd[k].float().numpy()
+    t("token_embd.weight", get("model.embed_tokens.weight"))
+    t("output_norm.weight", get("model.norm.weight"))
+    if "lm_head.weight" in sd and not cfg.tie_word_embeddings:
+        t("output.weight", get("lm_head.weight"))
+    if rope_freqs is not None:
+        t("rope_freqs.weight", rope_freqs)
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        q, k = get(p + "self_attn.q_proj.weight"), get(p + "self_attn.k_proj.weight")
+        if arch == "llama":
+            q, k = permute_rope_rows(q, nh), permute_rope_rows(k, nkv)
+        t(f"blk.{i}.attn_norm.weight", get(p + "input_layernorm.weight"))
+        t(f"blk.{i}.attn_q.weight", q)
+        t(f"blk.{i}.attn_k.weight", k)
+        t(f"blk.{i}.attn_v.weight", get(p + "self_attn.v_proj.weight"))
+        for hf, gg, heads in (("q_proj", "attn_q", nh), ("k_proj", "attn_k", nkv), ("v_proj", "attn_v", 0)):
+            if p + f"self_attn.{hf}.bias" in sd:
+                b = get(p + f"self_attn.{hf}.bias")
+                if arch == "llama" and heads:
+                    b = permute_rope_rows(b, heads)
+                t(f"blk.{i}.{gg}.bias", b)
+        t(f"blk.{i}.attn_output.weight", get(p + "self_attn.o_proj.weight"))
+        t(f"blk.{i}.ffn_norm.weight", get(p + "post_attention_layernorm.weight"))
+        t(f"blk.{i}.ffn_gate.weight", get(p + "mlp.gate_proj.weight"))
+        t(f"blk.{i}.ffn_up.weight", get(p + "mlp.up_proj.weight"))
+        t(f"blk.{i}.ffn_down.weight", get(p + "mlp.down_proj.weight"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def goldens(model, tok, add_bos_id):
+    ids = tok.encode(PROMPT).ids
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), use_cache=True)
+        passes = [{"tokens": ids, "logits": out.logits[0].tolist()}]
+        cache = out.past_key_values
+        verify = [int(x) for x in torch.randint(0, model.config.vocab_size, (4,), generator=torch.Generator().manual_seed(7))]
+        out = model(torch.tensor([verify]), past_key_values=cache, use_cache=True)
+        passes.append({"tokens": verify, "logits": out.logits[0].tolist()})
+        one = [int(out.logits[0, -1].argmax())]
+        out = model(torch.tensor([one]), past_key_values=out.past_key_values, use_cache=True)
+        passes.append({"tokens": one, "logits": out.logits[0].tolist()})
+        gen = model.generate(
+            torch.tensor([ids]), max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
+        greedy = gen[0, len(ids):].tolist()
+    toks = [{"text": s, "ids": tok.encode(s).ids} for s in TOKENIZE_TEXTS]
+    return {"prompt": PROMPT, "prompt_ids": ids, "tokenize": toks, "passes": passes, "greedy": greedy}
+
+
+def make(arch):
+    torch.manual_seed(0)
+    d = os.path.join(ROOT, arch)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.join(d, "hf"))
+    if arch == "qwen2":
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        tok = build_tokenizer(QWEN2_PAT, specials, None)
+        bos_id, eos_id, add_bos, pre = None, tok.token_to_id("<|endoftext|>"), False, "qwen2"
+        cfg = transformers.Qwen2Config(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            eos_token_id=eos_id,
+        )
+        cls = transformers.Qwen2ForCausalLM
+    else:
+        specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+        tok = build_tokenizer(LLAMA3_PAT, specials, "<|begin_of_text|>")
+        bos_id, eos_id, add_bos, pre = tok.token_to_id("<|begin_of_text|>"), tok.token_to_id("<|end_of_text|>"), True, "llama-bpe"
+        cfg = transformers.LlamaConfig(
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+            tie_word_embeddings=True,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+        )
+        cls = transformers.LlamaForCausalLM
+    cfg._attn_implementation = "eager"
+    model = cls(cfg).float().eval()
+    perturb(model, 1234 if arch == "qwen2" else 4321)
+    if cfg.tie_word_embeddings:
+        model.tie_weights()
+    shard = "40KB" if arch == "llama" else "100MB"
+    model.save_pretrained(os.path.join(d, "hf"), safe_serialization=True, max_shard_size=shard)
+    tok.save(os.path.join(d, "hf", "tokenizer.json"))
+    with open(os.path.join(d, "hf", "tokenizer_config.json"), "w") as f:
+        json.dump({"add_bos_token": add_bos, "bos_token": specials[0] if bos_id is not None else None,
+                   "eos_token": "<|end_of_text|>" if arch == "llama" else "<|endoftext|>"}, f, indent=1)
+    sd = model.state_dict()
+    rope_freqs = None
+    if arch == "llama":
+        rp = cfg.rope_parameters
+        rope_freqs = llama3_factors(rp, cfg.hidden_size // cfg.num_attention_heads, rp["rope_theta"])
+    write_gguf(os.path.join(d, "model.gguf"), arch, cfg, sd, tok, pre, bos_id, eos_id, add_bos, rope_freqs)
+    g = goldens(model, tok, bos_id)
+    g["reference"] = f"transformers {transformers.__version__}, torch {torch.__version__}, f32, eager attention"
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        json.dump(g, f)
+    print(arch, "vocab", cfg.vocab_size, "prompt", len(g["prompt_ids"]), "greedy", g["greedy"])
+
+
+if __name__ == "__main__":
+    for a in sys.argv[1:] or ["qwen2", "llama"]:
+        make(a)
