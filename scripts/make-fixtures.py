@@ -198,6 +198,107 @@ def write_gguf(path, arch, cfg, sd, tok, pre, bos_id, eos_id, add_bos, rope_freq
     w.close()
 
 
+def write_gguf_deepseek(path, cfg, sd, tok, bos_id, eos_id):
+    """DeepSeek-V3 in llama.cpp's `deepseek2` layout: absorbed-MLA shapes (k_b transposed
+    per head, v_b split), stacked experts, `exp_probs_b`, YaRN keys. MTP tensors under
+    blk.{n_layers}.nextn.* with block_count including that layer (GLM-4.5's convention)."""
+    w = gguf.GGUFWriter(path, "deepseek2")
+    H, dn, dr, dv = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+    Lq, Lkv, L = cfg.q_lora_rank, cfg.kv_lora_rank, cfg.num_hidden_layers
+    rp = cfg.rope_parameters
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(L + cfg.num_nextn_predict_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(H)
+    w.add_head_count_kv(1)
+    w.add_key_length(Lkv + dr)
+    w.add_value_length(Lkv)
+    w.add_key_length_mla(dn + dr)
+    w.add_value_length_mla(dv)
+    w.add_q_lora_rank(Lq)
+    w.add_kv_lora_rank(Lkv)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(dr)
+    w.add_rope_freq_base(rp["rope_theta"])
+    w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    w.add_rope_scaling_factor(rp["factor"])
+    w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
+    w.add_rope_scaling_yarn_log_mul(0.1 * rp["mscale_all_dim"])
+    w.add_rope_scaling_yarn_beta_fast(rp["beta_fast"])
+    w.add_rope_scaling_yarn_beta_slow(rp["beta_slow"])
+    w.add_leading_dense_block_count(cfg.first_k_dense_replace)
+    w.add_expert_count(cfg.n_routed_experts)
+    w.add_expert_used_count(cfg.num_experts_per_tok)
+    w.add_expert_shared_count(cfg.n_shared_experts)
+    w.add_expert_feed_forward_length(cfg.moe_intermediate_size)
+    w.add_expert_weights_scale(cfg.routed_scaling_factor)
+    w.add_expert_weights_norm(cfg.norm_topk_prob)
+    w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+    w.add_expert_group_count(cfg.n_group)
+    w.add_expert_group_used_count(cfg.topk_group)
+    w.add_nextn_predict_layers(cfg.num_nextn_predict_layers)
+    w.add_file_type(0)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    tokens = [None] * cfg.vocab_size
+    for t, i in vocab.items():
+        tokens[i] = t
+    added = {a.content for a in tok.get_added_tokens_decoder().values() if a.special}
+    types = [gguf.TokenType.CONTROL if t in added else gguf.TokenType.NORMAL for t in tokens]
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    w.add_bos_token_id(bos_id)
+    w.add_eos_token_id(eos_id)
+    w.add_add_bos_token(True)
+
+    def t(name, arr):
+        w.add_tensor(name, np.ascontiguousarray(np.asarray(arr, dtype=np.float32)))
+
+    get = lambda k: sd[k].float().numpy()
+    t("token_embd.weight", get("model.embed_tokens.weight"))
+    t("output_norm.weight", get("model.norm.weight"))
+    t("output.weight", get("lm_head.weight"))
+    for i in range(L + cfg.num_nextn_predict_layers):
+        p = f"model.layers.{i}."
+        if p + "input_layernorm.weight" not in sd:
+            continue
+        b = f"blk.{i}."
+        t(b + "attn_norm.weight", get(p + "input_layernorm.weight"))
+        t(b + "attn_q_a.weight", get(p + "self_attn.q_a_proj.weight"))
+        t(b + "attn_q_a_norm.weight", get(p + "self_attn.q_a_layernorm.weight"))
+        t(b + "attn_q_b.weight", get(p + "self_attn.q_b_proj.weight"))
+        t(b + "attn_kv_a_mqa.weight", get(p + "self_attn.kv_a_proj_with_mqa.weight"))
+        t(b + "attn_kv_a_norm.weight", get(p + "self_attn.kv_a_layernorm.weight"))
+        kvb = get(p + "self_attn.kv_b_proj.weight").reshape(H, dn + dv, Lkv)
+        t(b + "attn_k_b.weight", kvb[:, :dn, :].transpose(0, 2, 1))  # [H, Lkv, dn]
+        t(b + "attn_v_b.weight", kvb[:, dn:, :])  # [H, dv, Lkv]
+        t(b + "attn_output.weight", get(p + "self_attn.o_proj.weight"))
+        t(b + "ffn_norm.weight", get(p + "post_attention_layernorm.weight"))
+        if i < cfg.first_k_dense_replace:
+            t(b + "ffn_gate.weight", get(p + "mlp.gate_proj.weight"))
+            t(b + "ffn_up.weight", get(p + "mlp.up_proj.weight"))
+            t(b + "ffn_down.weight", get(p + "mlp.down_proj.weight"))
+        else:
+            t(b + "ffn_gate_inp.weight", get(p + "mlp.gate.weight"))
+            t(b + "exp_probs_b.bias", get(p + "mlp.gate.e_score_correction_bias"))
+            gu = get(p + "mlp.experts.gate_up_proj")  # [E, 2F, D]
+            F = cfg.moe_intermediate_size
+            t(b + "ffn_gate_exps.weight", gu[:, :F, :])
+            t(b + "ffn_up_exps.weight", gu[:, F:, :])
+            t(b + "ffn_down_exps.weight", get(p + "mlp.experts.down_proj"))  # [E, D, F]
+            t(b + "ffn_gate_shexp.weight", get(p + "mlp.shared_experts.gate_proj.weight"))
+            t(b + "ffn_up_shexp.weight", get(p + "mlp.shared_experts.up_proj.weight"))
+            t(b + "ffn_down_shexp.weight", get(p + "mlp.shared_experts.down_proj.weight"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def goldens(model, tok, add_bos_id):
     ids = tok.encode(PROMPT).ids
     with torch.no_grad():
@@ -218,7 +319,79 @@ def goldens(model, tok, add_bos_id):
     return {"prompt": PROMPT, "prompt_ids": ids, "tokenize": toks, "passes": passes, "greedy": greedy}
 
 
+def make_deepseek():
+    arch = "deepseek_v3"
+    torch.manual_seed(0)
+    d = os.path.join(ROOT, arch)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.join(d, "hf"))
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+    tok = build_tokenizer(LLAMA3_PAT, specials, "<|begin_of_text|>")
+    bos_id, eos_id = tok.token_to_id("<|begin_of_text|>"), tok.token_to_id("<|end_of_text|>")
+    cfg = transformers.DeepseekV3Config(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_shared_experts=1,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_group=2,
+        topk_group=1,
+        first_k_dense_replace=1,
+        routed_scaling_factor=2.5,
+        norm_topk_prob=True,
+        q_lora_rank=32,
+        kv_lora_rank=32,
+        qk_nope_head_dim=16,
+        qk_rope_head_dim=8,
+        v_head_dim=16,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_interleave=True,
+        rope_scaling={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 64,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
+        tie_word_embeddings=False,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        num_nextn_predict_layers=1,
+    )
+    cfg._attn_implementation = "eager"
+    model = transformers.DeepseekV3ForCausalLM(cfg).float().eval()
+    perturb(model, 777)
+    g = torch.Generator().manual_seed(99)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                # small, so every selection score stays positive (see architectures.md 1.5)
+                buf.copy_(0.05 * torch.randn(buf.shape, generator=g))
+    model.save_pretrained(os.path.join(d, "hf"), safe_serialization=True)
+    tok.save(os.path.join(d, "hf", "tokenizer.json"))
+    with open(os.path.join(d, "hf", "tokenizer_config.json"), "w") as f:
+        json.dump({"add_bos_token": True, "bos_token": specials[0], "eos_token": specials[1]}, f, indent=1)
+    sd = model.state_dict()
+    write_gguf_deepseek(os.path.join(d, "model.gguf"), cfg, sd, tok, bos_id, eos_id)
+    gd = goldens(model, tok, bos_id)
+    gd["reference"] = f"transformers {transformers.__version__}, torch {torch.__version__}, f32, eager attention"
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        json.dump(gd, f)
+    print(arch, "vocab", cfg.vocab_size, "prompt", len(gd["prompt_ids"]), "greedy", gd["greedy"])
+
+
 def make(arch):
+    if arch == "deepseek_v3":
+        return make_deepseek()
     torch.manual_seed(0)
     d = os.path.join(ROOT, arch)
     shutil.rmtree(d, ignore_errors=True)
@@ -292,5 +465,5 @@ def make(arch):
 
 
 if __name__ == "__main__":
-    for a in sys.argv[1:] or ["qwen2", "llama"]:
+    for a in sys.argv[1:] or ["qwen2", "llama", "deepseek_v3"]:
         make(a)

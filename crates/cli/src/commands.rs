@@ -337,7 +337,16 @@ pub fn inspect(m: &ModelArgs, show_tensors: bool) -> Result<()> {
     }
     let arch = h.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("?");
     let get = |k: &str| h.get(&format!("{arch}.{k}")).and_then(|v| v.as_u64());
-    if let (Some(l), Some(kv), Some(kl)) =
+    if let (Some(kl), Some(_)) = (get("attention.key_length"), get("attention.key_length_mla")) {
+        // Absorbed MLA: one row of [latent; rope key] per layer, values read from it.
+        let l = get("block_count").unwrap_or(0) - get("nextn_predict_layers").unwrap_or(0);
+        let (lkv, dr) = (get("attention.kv_lora_rank").unwrap_or(0), get("rope.dimension_count").unwrap_or(0));
+        println!(
+            "KV cache (absorbed MLA): {} bytes per token per layer = (kv_lora_rank {lkv} + qk_rope_head_dim {dr}) x 4 (f32); {} bytes per token over {l} layers",
+            kl * 4,
+            kl * 4 * l
+        );
+    } else if let (Some(l), Some(kv), Some(kl)) =
         (get("block_count"), get("attention.head_count_kv"), get("attention.key_length"))
     {
         let vl = get("attention.value_length").unwrap_or(kl);

@@ -141,3 +141,44 @@ fn bench_writes_json_markdown_and_chart() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+fn fixture(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(arch)
+}
+
+/// DeepSeek's absorbed MLA cache is (kv_lora_rank + qk_rope_head_dim) floats
+/// per token per layer, from GGUF and from the HF directory alike.
+#[test]
+fn inspect_reports_the_absorbed_mla_cache() {
+    for path in [fixture("deepseek_v3").join("model.gguf"), fixture("deepseek_v3").join("hf")] {
+        let (ok, out, err) = run(&["inspect", "--model", path.to_str().unwrap()]);
+        assert!(ok, "{err}");
+        assert!(out.contains("160 bytes per token per layer = (kv_lora_rank 32 + qk_rope_head_dim 8)"), "{out}");
+        assert!(out.contains("architecture: deepseek2"), "{out}");
+    }
+}
+
+/// A Hugging Face directory works wherever a GGUF file does.
+#[test]
+fn generate_from_hf_directory_equals_gguf() {
+    let mut outs = Vec::new();
+    for path in [fixture("qwen2").join("model.gguf"), fixture("qwen2").join("hf")] {
+        let (ok, out, err) = run(&[
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt",
+            "The quick brown fox",
+            "--max-tokens",
+            "10",
+            "--drafter",
+            "ngram",
+            "--json",
+        ]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        outs.push(v["output_ids"].clone());
+    }
+    assert!(outs[0].as_array().is_some_and(|a| !a.is_empty()));
+    assert_eq!(outs[0], outs[1]);
+}

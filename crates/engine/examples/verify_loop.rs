@@ -1,9 +1,20 @@
-//! Repeats verify-shaped passes (profiling aid): `verify_loop MODEL K N`.
-use specdec_engine::{load, LoadOptions, LogitRows};
+//! Repeats verify-shaped passes (profiling aid): `verify_loop MODEL K N`;
+//! MODEL may be `synthetic:NAME` (see `specdec profile --synthetic`).
+use std::sync::Arc;
+
+use specdec_engine::{load, load_file, synthetic, LoadOptions, LogitRows};
+use specdec_gguf::GgufFile;
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let l = load(a[1].as_ref(), &LoadOptions::default(), &|_, _| {}).unwrap();
+    let l = match a[1].strip_prefix("synthetic:") {
+        Some(name) => {
+            let bytes = synthetic::build(synthetic::preset(name).expect("preset"), &|_, _| {});
+            load_file(Arc::new(GgufFile::from_bytes(bytes, &a[1]).unwrap()), &LoadOptions::default(), &|_, _| {})
+                .unwrap()
+        }
+        None => load(a[1].as_ref(), &LoadOptions::default(), &|_, _| {}).unwrap(),
+    };
     let k: usize = a[2].parse().unwrap();
     let n: usize = a[3].parse().unwrap();
     let m = l.model.as_ref();

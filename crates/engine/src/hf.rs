@@ -15,7 +15,7 @@
 //! names must be plain file names in the directory; every dtype and shape is
 //! checked before a byte is copied.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
@@ -73,6 +73,22 @@ impl Config<'_> {
     }
 }
 
+/// One tensor read from the checkpoint.
+struct Raw {
+    ty: GgmlType,
+    elem: usize,
+    /// PyTorch order (outermost first).
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+/// A tensor for the GGUF: name, dims (ggml order), type, bytes.
+type Out = (String, Vec<u64>, GgmlType, Vec<u8>);
+
+fn out(name: impl Into<String>, r: Raw) -> Out {
+    (name.into(), r.shape.iter().rev().map(|&d| d as u64).collect(), r.ty, r.data)
+}
+
 /// Converts the checkpoint in `dir` into an in-memory GGUF file.
 pub fn load_dir(dir: &Path) -> Result<GgufFile, EngineError> {
     let config = read_json(dir, "config.json")?.ok_or_else(|| err("config.json", "missing from the directory"))?;
@@ -81,9 +97,75 @@ pub fn load_dir(dir: &Path) -> Result<GgufFile, EngineError> {
     let arch = match model_type {
         "qwen2" => "qwen2",
         "llama" | "mistral" => "llama",
+        "deepseek_v3" | "deepseek_v2" => "deepseek2",
         other => return Err(EngineError::UnsupportedArch(format!("{other} (from config.json)"))),
     };
     let mut kv: Vec<(String, Value)> = vec![("general.architecture".into(), Value::String(arch.into()))];
+    let vocab_size = c.uint("vocab_size", 1 << 24)? as usize;
+    let tensors = read_tensors(dir)?;
+    let outs = if arch == "deepseek2" {
+        deepseek_tensors(&c, tensors, &mut kv)?
+    } else {
+        llama_tensors(&c, arch, tensors, &mut kv)?
+    };
+    tokenizer_metadata(dir, &config, vocab_size, &mut kv)?;
+    let mut w = GgufWriter::new();
+    for (k, v) in kv {
+        w.kv(&k, v);
+    }
+    for (name, dims, ty, data) in outs {
+        w.tensor(&name, &dims, ty, data);
+    }
+    GgufFile::from_bytes(w.to_bytes(), dir).map_err(EngineError::from)
+}
+
+/// Every tensor of every shard, checked (dtype, rank, no duplicates, the
+/// index's promises kept).
+fn read_tensors(dir: &Path) -> Result<BTreeMap<String, Raw>, EngineError> {
+    let mut all = BTreeMap::new();
+    for shard in &shard_files(dir)? {
+        let name = shard.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = std::fs::File::open(&shard.path).map_err(|e| err(&name, e.to_string()))?;
+        // SAFETY: read-only mapping; see the mmap caveat in ARCHITECTURE.md.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(&name, e.to_string()))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| err(&name, format!("invalid safetensors: {e}")))?;
+        if let Some(expected) = &shard.expected {
+            if let Some(missing) = expected.iter().find(|t| st.tensor(t).is_err()) {
+                return Err(err(&name, format!("the index places {missing} here but the shard does not hold it")));
+            }
+        }
+        for (hf_name, view) in st.tensors() {
+            let (ty, elem) = match view.dtype() {
+                Dtype::F32 => (GgmlType::F32, 4),
+                Dtype::F16 => (GgmlType::F16, 2),
+                Dtype::BF16 => (GgmlType::BF16, 2),
+                other => {
+                    return Err(err(&name, format!("tensor {hf_name} has dtype {other:?} (f32, f16, bf16 supported)")))
+                }
+            };
+            let shape = view.shape().to_vec();
+            if shape.is_empty() || shape.len() > 3 || shape.contains(&0) {
+                return Err(err(&name, format!("tensor {hf_name} has shape {shape:?}")));
+            }
+            let raw = Raw { ty, elem, shape, data: view.data().to_vec() };
+            if all.insert(hf_name.clone(), raw).is_some() {
+                return Err(err(&name, format!("tensor {hf_name} appears twice")));
+            }
+        }
+    }
+    if !all.contains_key("model.embed_tokens.weight") {
+        return Err(err("safetensors", "model.embed_tokens.weight is missing"));
+    }
+    Ok(all)
+}
+
+/// Hyperparameters and tensors of Llama and Qwen2.
+fn llama_tensors(
+    c: &Config,
+    arch: &str,
+    tensors: BTreeMap<String, Raw>,
+    kv: &mut Vec<(String, Value)>,
+) -> Result<Vec<Out>, EngineError> {
     let mut put = |key: &str, v: Value| kv.push((format!("{arch}.{key}"), v));
     let n_head = c.uint("num_attention_heads", 1024)?;
     let n_head_kv = c.uint_or("num_key_value_heads", 1024, Some(n_head))?.unwrap_or(n_head);
@@ -102,99 +184,222 @@ pub fn load_dir(dir: &Path) -> Result<GgufFile, EngineError> {
     if let Some(eps) = c.float("rms_norm_eps")? {
         put("attention.layer_norm_rms_epsilon", Value::F32(eps));
     }
-    // transformers 5 nests rope settings in rope_parameters; 4.x has rope_theta
-    // and rope_scaling at the top level.
+    let (rope, rope_theta) = rope_params(c)?;
+    put("rope.freq_base", Value::F32(rope_theta));
+    let rope_type = rope.get("rope_type").or_else(|| rope.get("type")).and_then(Json::as_str).unwrap_or("default");
+    let mut outs = Vec::new();
+    match rope_type {
+        "default" => {}
+        "llama3" => {
+            let f = llama3_factors(&rope, head_dim as usize, rope_theta)?;
+            outs.push((
+                "rope_freqs.weight".to_string(),
+                vec![f.len() as u64],
+                GgmlType::F32,
+                f.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+        other => return Err(err("config.json", format!("rope scaling {other:?} is not supported for {arch}"))),
+    }
+    let tied = c.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false);
+    for (hf_name, mut raw) in tensors {
+        let Some(gguf_name) = gguf_name(&hf_name) else { continue };
+        if gguf_name == "output.weight" && tied {
+            continue;
+        }
+        if raw.shape.len() > 2 {
+            return Err(err("safetensors", format!("tensor {hf_name} has shape {:?}", raw.shape)));
+        }
+        // HF rotates pairs (i, i + d/2) in each head; GGUF llama expects adjacent pairs.
+        if arch == "llama" {
+            let heads = if gguf_name.ends_with("attn_q.weight") || gguf_name.ends_with("attn_q.bias") {
+                Some(n_head)
+            } else if gguf_name.ends_with("attn_k.weight") || gguf_name.ends_with("attn_k.bias") {
+                Some(n_head_kv)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                let row = if raw.shape.len() == 2 { raw.shape[1] * raw.elem } else { raw.elem };
+                raw.data = permute_rope_rows(&raw.data, h as usize, raw.shape[0], row).ok_or_else(|| {
+                    err(
+                        "safetensors",
+                        format!("tensor {hf_name}: {} rows do not split into {h} heads of even size", raw.shape[0]),
+                    )
+                })?;
+            }
+        }
+        outs.push(out(gguf_name, raw));
+    }
+    Ok(outs)
+}
+
+/// (rope settings object, rope_theta): transformers 5 nests them in
+/// rope_parameters; 4.x has rope_theta and rope_scaling at the top level.
+fn rope_params(c: &Config) -> Result<(Json, f32), EngineError> {
     let rope = c.get("rope_parameters").or_else(|| c.get("rope_scaling")).cloned().unwrap_or(Json::Null);
-    let rope_theta = match rope.get("rope_theta") {
-        Some(v) => Config(&rope).float("rope_theta").map(|_| v.as_f64().map(|x| x as f32))?,
+    let theta = match rope.get("rope_theta") {
+        Some(_) => Config(&rope).float("rope_theta")?,
         None => c.float("rope_theta")?,
     }
     .unwrap_or(10_000.0);
-    put("rope.freq_base", Value::F32(rope_theta));
-    let rope_type = rope.get("rope_type").or_else(|| rope.get("type")).and_then(Json::as_str).unwrap_or("default");
-    let rope_freqs = match rope_type {
-        "default" => None,
-        "llama3" => Some(llama3_factors(&rope, head_dim as usize, rope_theta)?),
-        other => return Err(err("config.json", format!("rope scaling {other:?} is not supported for {arch}"))),
+    Ok((rope, theta))
+}
+
+/// Hyperparameters and tensors of DeepSeek-V3 (and V2) in llama.cpp's
+/// `deepseek2` layout: kv_b_proj split into per-head k_b (transposed) and
+/// v_b, experts stacked, the router bias as `exp_probs_b`.
+fn deepseek_tensors(
+    c: &Config,
+    mut tensors: BTreeMap<String, Raw>,
+    kv: &mut Vec<(String, Value)>,
+) -> Result<Vec<Out>, EngineError> {
+    let mut put = |key: &str, v: Value| kv.push((format!("deepseek2.{key}"), v));
+    let n_head = c.uint("num_attention_heads", 1024)? as usize;
+    let n_layers = c.uint("num_hidden_layers", 512)?;
+    let dn = c.uint("qk_nope_head_dim", 8192)? as usize;
+    let dr = c.uint("qk_rope_head_dim", 8192)? as usize;
+    let dv = c.uint("v_head_dim", 8192)? as usize;
+    let lkv = c.uint("kv_lora_rank", 1 << 16)? as usize;
+    let lq = c.uint_or("q_lora_rank", 1 << 16, None)?;
+    put("context_length", Value::U32(c.uint("max_position_embeddings", 1 << 24)?));
+    put("embedding_length", Value::U32(c.uint("hidden_size", 1 << 16)?));
+    put("block_count", Value::U32(n_layers));
+    put("feed_forward_length", Value::U32(c.uint("intermediate_size", 1 << 20)?));
+    put("attention.head_count", Value::U32(n_head as u32));
+    put("attention.head_count_kv", Value::U32(1));
+    put("attention.key_length", Value::U32((lkv + dr) as u32));
+    put("attention.value_length", Value::U32(lkv as u32));
+    put("attention.key_length_mla", Value::U32((dn + dr) as u32));
+    put("attention.value_length_mla", Value::U32(dv as u32));
+    put("attention.kv_lora_rank", Value::U32(lkv as u32));
+    if let Some(q) = lq {
+        put("attention.q_lora_rank", Value::U32(q));
+    }
+    put("rope.dimension_count", Value::U32(dr as u32));
+    if let Some(eps) = c.float("rms_norm_eps")? {
+        put("attention.layer_norm_rms_epsilon", Value::F32(eps));
+    }
+    let (rope, theta) = rope_params(c)?;
+    put("rope.freq_base", Value::F32(theta));
+    match rope.get("rope_type").or_else(|| rope.get("type")).and_then(Json::as_str).unwrap_or("default") {
+        "default" => {}
+        "yarn" => {
+            let r = Config(&rope);
+            let factor = r.float("factor")?.ok_or_else(|| err("config.json", "yarn rope scaling needs factor"))?;
+            put("rope.scaling.type", Value::String("yarn".into()));
+            put("rope.scaling.factor", Value::F32(factor));
+            put(
+                "rope.scaling.original_context_length",
+                Value::U32(r.uint("original_max_position_embeddings", 1 << 24)?),
+            );
+            put("rope.scaling.yarn_log_multiplier", Value::F32(0.1 * r.float("mscale_all_dim")?.unwrap_or(0.0)));
+            put("rope.scaling.yarn_beta_fast", Value::F32(r.float("beta_fast")?.unwrap_or(32.0)));
+            put("rope.scaling.yarn_beta_slow", Value::F32(r.float("beta_slow")?.unwrap_or(1.0)));
+            let (m, mad) = (r.float("mscale")?.unwrap_or(1.0), r.float("mscale_all_dim")?.unwrap_or(0.0));
+            if m != mad && mad != 0.0 {
+                return Err(err("config.json", "yarn with mscale != mscale_all_dim (scaled cos/sin) is not supported"));
+            }
+        }
+        other => return Err(err("config.json", format!("rope scaling {other:?} is not supported for deepseek"))),
+    }
+    let n_dense = c.uint_or("first_k_dense_replace", 512, Some(0))?.unwrap_or(0);
+    let n_expert = c.uint("n_routed_experts", 4096)? as usize;
+    put("leading_dense_block_count", Value::U32(n_dense));
+    put("expert_count", Value::U32(n_expert as u32));
+    put("expert_used_count", Value::U32(c.uint("num_experts_per_tok", 4096)?));
+    put("expert_shared_count", Value::U32(c.uint_or("n_shared_experts", 64, Some(0))?.unwrap_or(0)));
+    put("expert_feed_forward_length", Value::U32(c.uint("moe_intermediate_size", 1 << 20)?));
+    put("expert_weights_scale", Value::F32(c.float("routed_scaling_factor")?.unwrap_or(1.0)));
+    put("expert_weights_norm", Value::Bool(c.get("norm_topk_prob").and_then(Json::as_bool).unwrap_or(false)));
+    let gating = match c.get("scoring_func").and_then(Json::as_str).unwrap_or("sigmoid") {
+        "softmax" => 1,
+        "sigmoid" => 2,
+        other => return Err(err("config.json", format!("scoring_func {other:?} is not supported"))),
     };
-    let tied = c.get("tie_word_embeddings").and_then(Json::as_bool).unwrap_or(false);
+    put("expert_gating_func", Value::U32(gating));
+    put("expert_group_count", Value::U32(c.uint_or("n_group", 4096, Some(1))?.unwrap_or(1)));
+    put("expert_group_used_count", Value::U32(c.uint_or("topk_group", 4096, Some(1))?.unwrap_or(1)));
 
-    let vocab_size = c.uint("vocab_size", 1 << 24)? as usize;
-    tokenizer_metadata(dir, &config, vocab_size, &mut kv)?;
-
-    let mut w = GgufWriter::new();
-    for (k, v) in kv {
-        w.kv(&k, v);
-    }
-    if let Some(f) = rope_freqs {
-        w.tensor(
-            "rope_freqs.weight",
-            &[f.len() as u64],
-            GgmlType::F32,
-            f.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        );
-    }
-    let shards = shard_files(dir)?;
-    let mut seen = BTreeSet::new();
-    for shard in &shards {
-        let name = shard.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let file = std::fs::File::open(&shard.path).map_err(|e| err(&name, e.to_string()))?;
-        // SAFETY: read-only mapping; see the mmap caveat in ARCHITECTURE.md.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| err(&name, e.to_string()))?;
-        let st = SafeTensors::deserialize(&map).map_err(|e| err(&name, format!("invalid safetensors: {e}")))?;
-        if let Some(expected) = &shard.expected {
-            if let Some(missing) = expected.iter().find(|t| st.tensor(t).is_err()) {
-                return Err(err(&name, format!("the index places {missing} here but the shard does not hold it")));
-            }
+    let mut take = |name: &str| tensors.remove(name).ok_or_else(|| EngineError::MissingTensor(name.to_string()));
+    let mut outs = vec![
+        out("token_embd.weight", take("model.embed_tokens.weight")?),
+        out("output_norm.weight", take("model.norm.weight")?),
+        out("output.weight", take("lm_head.weight")?),
+    ];
+    for i in 0..n_layers as usize {
+        let hf = |s: &str| format!("model.layers.{i}.{s}");
+        let gg = |s: &str| format!("blk.{i}.{s}");
+        for (h, g) in [
+            ("input_layernorm.weight", "attn_norm.weight"),
+            ("post_attention_layernorm.weight", "ffn_norm.weight"),
+            ("self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_mqa.weight"),
+            ("self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"),
+            ("self_attn.o_proj.weight", "attn_output.weight"),
+        ] {
+            outs.push(out(gg(g), take(&hf(h))?));
         }
-        for (hf_name, view) in st.tensors() {
-            let Some(gguf_name) = gguf_name(&hf_name) else { continue };
-            if gguf_name == "output.weight" && tied {
-                continue;
-            }
-            if !seen.insert(gguf_name.clone()) {
-                return Err(err(&name, format!("tensor {hf_name} appears twice")));
-            }
-            let (ty, elem) = match view.dtype() {
-                Dtype::F32 => (GgmlType::F32, 4),
-                Dtype::F16 => (GgmlType::F16, 2),
-                Dtype::BF16 => (GgmlType::BF16, 2),
-                other => {
-                    return Err(err(&name, format!("tensor {hf_name} has dtype {other:?} (f32, f16, bf16 supported)")))
-                }
-            };
-            let shape = view.shape();
-            if shape.is_empty() || shape.len() > 2 || shape.contains(&0) {
-                return Err(err(&name, format!("tensor {hf_name} has shape {shape:?}")));
-            }
-            let mut data = view.data().to_vec();
-            // HF rotates pairs (i, i + d/2) in each head; GGUF llama expects adjacent pairs.
-            if arch == "llama" {
-                let heads = if gguf_name.ends_with("attn_q.weight") || gguf_name.ends_with("attn_q.bias") {
-                    Some(n_head)
-                } else if gguf_name.ends_with("attn_k.weight") || gguf_name.ends_with("attn_k.bias") {
-                    Some(n_head_kv)
-                } else {
-                    None
-                };
-                if let Some(h) = heads {
-                    let row = if shape.len() == 2 { shape[1] * elem } else { elem };
-                    data = permute_rope_rows(&data, h as usize, shape[0], row).ok_or_else(|| {
-                        err(
-                            &name,
-                            format!("tensor {hf_name}: {} rows do not split into {h} heads of even size", shape[0]),
-                        )
-                    })?;
+        if lq.is_some() {
+            outs.push(out(gg("attn_q_a.weight"), take(&hf("self_attn.q_a_proj.weight"))?));
+            outs.push(out(gg("attn_q_a_norm.weight"), take(&hf("self_attn.q_a_layernorm.weight"))?));
+            outs.push(out(gg("attn_q_b.weight"), take(&hf("self_attn.q_b_proj.weight"))?));
+        } else {
+            outs.push(out(gg("attn_q.weight"), take(&hf("self_attn.q_proj.weight"))?));
+        }
+        // kv_b_proj [H (dn + dv), Lkv]: per head k rows (transposed to [Lkv, dn]) and v rows.
+        let kvb = take(&hf("self_attn.kv_b_proj.weight"))?;
+        if kvb.shape != [n_head * (dn + dv), lkv] {
+            return Err(EngineError::TensorShape {
+                name: hf("self_attn.kv_b_proj.weight"),
+                want: vec![(n_head * (dn + dv)) as u64, lkv as u64],
+                found: kvb.shape.iter().map(|&d| d as u64).collect(),
+            });
+        }
+        let e = kvb.elem;
+        let (mut kb, mut vb) = (Vec::with_capacity(n_head * dn * lkv * e), Vec::with_capacity(n_head * dv * lkv * e));
+        for h in 0..n_head {
+            let head = &kvb.data[h * (dn + dv) * lkv * e..(h + 1) * (dn + dv) * lkv * e];
+            for col in 0..lkv {
+                for row in 0..dn {
+                    kb.extend_from_slice(&head[(row * lkv + col) * e..(row * lkv + col + 1) * e]);
                 }
             }
-            let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-            w.tensor(&gguf_name, &dims, ty, data);
+            vb.extend_from_slice(&head[dn * lkv * e..]);
+        }
+        outs.push((gg("attn_k_b.weight"), vec![dn as u64, lkv as u64, n_head as u64], kvb.ty, kb));
+        outs.push((gg("attn_v_b.weight"), vec![lkv as u64, dv as u64, n_head as u64], kvb.ty, vb));
+        if i < n_dense as usize {
+            for (h, g) in [("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")] {
+                outs.push(out(gg(&format!("{g}.weight")), take(&hf(&format!("{h}.weight")))?));
+            }
+            continue;
+        }
+        outs.push(out(gg("ffn_gate_inp.weight"), take(&hf("mlp.gate.weight"))?));
+        if let Ok(b) = take(&hf("mlp.gate.e_score_correction_bias")) {
+            outs.push(out(gg("exp_probs_b.bias"), b));
+        }
+        for (h, g) in [("gate_proj", "ffn_gate_shexp"), ("up_proj", "ffn_up_shexp"), ("down_proj", "ffn_down_shexp")] {
+            if let Ok(t) = take(&hf(&format!("mlp.shared_experts.{h}.weight"))) {
+                outs.push(out(gg(&format!("{g}.weight")), t));
+            }
+        }
+        for (h, g) in [("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps"), ("down_proj", "ffn_down_exps")] {
+            let mut data = Vec::new();
+            let (mut ty, mut shape) = (GgmlType::F32, Vec::new());
+            for j in 0..n_expert {
+                let name = hf(&format!("mlp.experts.{j}.{h}.weight"));
+                let t = take(&name)?;
+                if t.shape.len() != 2 || (j > 0 && (t.shape != shape || t.ty != ty)) {
+                    return Err(err("safetensors", format!("{name}: experts differ in shape or dtype")));
+                }
+                (ty, shape) = (t.ty, t.shape.clone());
+                data.extend_from_slice(&t.data);
+            }
+            let dims = vec![shape[1] as u64, shape[0] as u64, n_expert as u64];
+            outs.push((gg(&format!("{g}.weight")), dims, ty, data));
         }
     }
-    if !seen.contains("token_embd.weight") {
-        return Err(err("safetensors", "model.embed_tokens.weight is missing"));
-    }
-    GgufFile::from_bytes(w.to_bytes(), dir).map_err(EngineError::from)
+    Ok(outs)
 }
 
 /// A safetensors file of the checkpoint and, for shards of an index, the

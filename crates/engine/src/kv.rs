@@ -12,6 +12,9 @@ pub struct KvCache {
     pub kv_dim: usize,
     pub capacity: usize,
     len: usize,
+    /// False when values live inside the keys (absorbed MLA caches the
+    /// latent once: keys are [latent; rope key], values are the latent).
+    pub values: bool,
     pub(crate) k: Vec<Vec<f32>>,
     pub(crate) v: Vec<Vec<f32>>,
 }
@@ -23,9 +26,15 @@ impl KvCache {
             kv_dim,
             capacity,
             len: 0,
+            values: true,
             k: (0..n_layers).map(|_| Vec::new()).collect(),
             v: (0..n_layers).map(|_| Vec::new()).collect(),
         }
+    }
+
+    /// A cache of keys only (see `values`).
+    pub fn keys_only(n_layers: usize, kv_dim: usize, capacity: usize) -> KvCache {
+        KvCache { values: false, ..KvCache::new(n_layers, kv_dim, capacity) }
     }
 
     /// Number of positions held.
@@ -49,15 +58,19 @@ impl KvCache {
             if self.k[l].len() < need {
                 let target = need.max(self.k[l].len() * 2).min(self.capacity * self.kv_dim);
                 self.k[l].resize(target, 0.0);
-                self.v[l].resize(target, 0.0);
+                if self.values {
+                    self.v[l].resize(target, 0.0);
+                }
             }
         }
     }
 
-    /// Keys and values of the held positions of one layer.
+    /// Keys and values of the held positions of one layer (for a keys-only
+    /// cache, the keys twice).
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
         let n = self.len * self.kv_dim;
-        (&self.k[layer][..n], &self.v[layer][..n])
+        let v = if self.values { &self.v[layer][..n] } else { &self.k[layer][..n] };
+        (&self.k[layer][..n], v)
     }
 
     pub(crate) fn set_len(&mut self, n: usize) {
@@ -66,6 +79,6 @@ impl KvCache {
 
     /// Bytes of cache per position (all layers, K and V).
     pub fn bytes_per_token(&self) -> usize {
-        self.n_layers * self.kv_dim * 2 * 4
+        self.n_layers * self.kv_dim * if self.values { 2 } else { 1 } * 4
     }
 }

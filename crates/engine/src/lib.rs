@@ -49,7 +49,7 @@ pub enum EngineError {
     Tokenizer(#[from] TokenizerError),
     #[error("model metadata {key}: {problem}")]
     Metadata { key: String, problem: String },
-    #[error("architecture {0:?} is not supported (supported: gemma3, llama, qwen2)")]
+    #[error("architecture {0:?} is not supported (supported: gemma3, llama, qwen2, deepseek2)")]
     UnsupportedArch(String),
     #[error("required tensor {0:?} is missing")]
     MissingTensor(String),

@@ -67,6 +67,51 @@ impl<'a> WeightSource<'a> {
         }
     }
 
+    /// A string hyperparameter `{arch}.{suffix}`, if present.
+    pub fn str_opt(&self, suffix: &str) -> Option<&'a str> {
+        self.file.header.get(&self.key(suffix)).and_then(Value::as_str)
+    }
+
+    /// A boolean hyperparameter, or `default` when absent.
+    pub fn bool_or(&self, suffix: &str, default: bool) -> Result<bool, EngineError> {
+        let key = self.key(suffix);
+        match self.file.header.get(&key) {
+            None => Ok(default),
+            Some(v) => {
+                v.as_bool().ok_or_else(|| EngineError::Metadata { key, problem: format!("{v:?} is not a bool") })
+            }
+        }
+    }
+
+    /// A whole tensor of the given dims (ggml order) as f32.
+    pub fn tensor_f32(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, EngineError> {
+        let t = self.tensor(name, dims)?;
+        let n: usize = dims.iter().product();
+        let mut v = vec![0f32; n];
+        dequantize_row(t.ty, self.file.tensor_data(t), &mut v)
+            .map_err(|e| EngineError::Tensor(name.into(), e.to_string()))?;
+        Ok(v)
+    }
+
+    /// A stack of `e` matrices of `n` rows by `k` inputs (GGUF dims [k, n, e]),
+    /// one packed matrix each (MoE experts).
+    pub fn experts(&self, name: &str, e: usize, n: usize, k: usize) -> Result<Vec<PackedMatrix>, EngineError> {
+        let t = self.tensor(name, &[k, n, e])?;
+        let data = self.file.tensor_data(t);
+        let per = data.len() / e.max(1);
+        (0..e)
+            .map(|j| {
+                let part = &data[j * per..(j + 1) * per];
+                let r = if self.force_f32 {
+                    PackedMatrix::from_gguf_as(t.ty, part, n, k, PackedKind::F32)
+                } else {
+                    PackedMatrix::from_gguf(t.ty, part, n, k)
+                };
+                r.map_err(|err| EngineError::Tensor(format!("{name} (expert {j})"), err.to_string()))
+            })
+            .collect()
+    }
+
     pub fn tensor(&self, name: &str, dims: &[usize]) -> Result<&'a TensorInfo, EngineError> {
         let t = self.file.header.tensor(name).ok_or_else(|| EngineError::MissingTensor(name.into()))?;
         let want: Vec<u64> = dims.iter().map(|&d| d as u64).collect();

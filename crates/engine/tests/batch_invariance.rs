@@ -181,3 +181,31 @@ fn default_model_batched_sequences_equal_sequences_alone() {
         ],
     );
 }
+
+/// The R1-family architectures (Qwen2, Llama, DeepSeek-V3 with MoE routing
+/// per row) keep rows independent too: chunked passes, rollback, and two
+/// sequences batched together equal each alone, bit for bit.
+#[test]
+fn r1_family_fixtures_are_batch_invariant() {
+    use specdec_engine::BatchItem;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    for arch in ["qwen2", "llama", "deepseek_v3"] {
+        let opts = specdec_engine::LoadOptions { threads: 2, force_f32: false };
+        let l = specdec_engine::load(&root.join(arch).join("model.gguf"), &opts, &|_, _| {}).unwrap();
+        let m = l.model.as_ref();
+        let n = m.vocab_size() as u32;
+        let toks: Vec<u32> = (0..30).map(|i| (3 + i * 37) % n).collect();
+        check(m, &toks);
+        // Two sequences in one pass == each alone.
+        let (a, b) = (&toks[..11], &toks[5..22]);
+        let (mut ca, mut cb) = (m.new_cache(64), m.new_cache(64));
+        let both = m
+            .forward_batch(&mut [
+                BatchItem { cache: &mut ca, tokens: a, rows: LogitRows::All },
+                BatchItem { cache: &mut cb, tokens: b, rows: LogitRows::All },
+            ])
+            .unwrap();
+        assert!(both[0] == logits_all_at_once(m, a), "{arch}: sequence a changed by batching");
+        assert!(both[1] == logits_all_at_once(m, b), "{arch}: sequence b changed by batching");
+    }
+}

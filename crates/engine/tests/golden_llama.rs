@@ -127,7 +127,7 @@ fn llama_sharded_safetensors_matches_transformers() {
 /// bit for bit, on the packed (non-f32) path too.
 #[test]
 fn gguf_and_safetensors_give_identical_logits() {
-    for arch in ["qwen2", "llama"] {
+    for arch in ["qwen2", "llama", "deepseek_v3"] {
         let g = golden(arch);
         let prompt = ids(&g["prompt_ids"]);
         let mut outs = Vec::new();
@@ -140,4 +140,17 @@ fn gguf_and_safetensors_give_identical_logits() {
         assert!(outs[0] == outs[2], "{arch}: logits differ between GGUF and safetensors");
         assert!(outs[1] == outs[3], "{arch}: greedy tokens differ between GGUF and safetensors");
     }
+}
+
+#[test]
+fn deepseek_v3_gguf_matches_transformers() {
+    check_passes("deepseek_v3", false);
+    check_greedy("deepseek_v3", false, true);
+}
+
+#[test]
+fn deepseek_v3_safetensors_matches_transformers() {
+    check_passes("deepseek_v3", true);
+    check_greedy("deepseek_v3", true, true);
+    check_tokenizer("deepseek_v3", true);
 }

@@ -146,12 +146,20 @@ pub fn store_kv(items: &mut [BatchItem], rows: &Rows, layer: usize, i: usize, k:
     let pos = rows.pos[i];
     let cache = &mut *items[rows.seq[i]].cache;
     cache.k[layer][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(k);
-    cache.v[layer][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(v);
+    if cache.values {
+        cache.v[layer][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(v);
+    }
 }
 
 /// Each sequence's keys and values of one layer.
 pub fn layer_caches<'a>(items: &'a [BatchItem], layer: usize) -> Vec<(&'a [f32], &'a [f32])> {
-    items.iter().map(|it| (it.cache.k[layer].as_slice(), it.cache.v[layer].as_slice())).collect()
+    items
+        .iter()
+        .map(|it| {
+            let k = it.cache.k[layer].as_slice();
+            (k, if it.cache.values { it.cache.v[layer].as_slice() } else { k })
+        })
+        .collect()
 }
 
 /// Makes room in every sequence's cache for its new rows.

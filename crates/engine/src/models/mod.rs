@@ -1,6 +1,7 @@
 //! One file per architecture; each serves every weight format.
 
 mod common;
+pub mod deepseek2;
 pub mod gemma3;
 pub mod llama;
 
@@ -20,6 +21,7 @@ pub fn load(
     let arch = crate::weights::WeightSource::new(&file)?.arch;
     match arch.as_str() {
         "gemma3" => Ok(Box::new(gemma3::Gemma3::load(file, pool, force_f32, progress)?)),
+        "deepseek2" => Ok(Box::new(deepseek2::DeepSeek2::load(file, pool, force_f32, progress)?)),
         "llama" | "qwen2" => Ok(Box::new(llama::Llama::load(file, pool, force_f32, progress)?)),
         other => Err(EngineError::UnsupportedArch(other.to_string())),
     }
