@@ -27,6 +27,8 @@ import shutil
 import sys
 
 import gguf
+import safetensors
+import safetensors.torch
 import numpy as np
 import torch
 import transformers
@@ -278,6 +280,11 @@ def write_gguf_deepseek(path, cfg, sd, tok, bos_id, eos_id):
         t(b + "attn_v_b.weight", kvb[:, dn:, :])  # [H, dv, Lkv]
         t(b + "attn_output.weight", get(p + "self_attn.o_proj.weight"))
         t(b + "ffn_norm.weight", get(p + "post_attention_layernorm.weight"))
+        if i == L:
+            t(b + "nextn.enorm.weight", get(p + "enorm.weight"))
+            t(b + "nextn.hnorm.weight", get(p + "hnorm.weight"))
+            t(b + "nextn.eh_proj.weight", get(p + "eh_proj.weight"))
+            t(b + "nextn.shared_head_norm.weight", get(p + "shared_head.norm.weight"))
         if i < cfg.first_k_dense_replace:
             t(b + "ffn_gate.weight", get(p + "mlp.gate_proj.weight"))
             t(b + "ffn_up.weight", get(p + "mlp.up_proj.weight"))
@@ -285,11 +292,18 @@ def write_gguf_deepseek(path, cfg, sd, tok, bos_id, eos_id):
         else:
             t(b + "ffn_gate_inp.weight", get(p + "mlp.gate.weight"))
             t(b + "exp_probs_b.bias", get(p + "mlp.gate.e_score_correction_bias"))
-            gu = get(p + "mlp.experts.gate_up_proj")  # [E, 2F, D]
             F = cfg.moe_intermediate_size
-            t(b + "ffn_gate_exps.weight", gu[:, :F, :])
-            t(b + "ffn_up_exps.weight", gu[:, F:, :])
-            t(b + "ffn_down_exps.weight", get(p + "mlp.experts.down_proj"))  # [E, D, F]
+            if p + "mlp.experts.gate_up_proj" in sd:
+                gu = get(p + "mlp.experts.gate_up_proj")  # [E, 2F, D]
+                gate, up, down = gu[:, :F, :], gu[:, F:, :], get(p + "mlp.experts.down_proj")  # down [E, D, F]
+            else:
+                E = cfg.n_routed_experts
+                gate = np.stack([get(p + f"mlp.experts.{j}.gate_proj.weight") for j in range(E)])
+                up = np.stack([get(p + f"mlp.experts.{j}.up_proj.weight") for j in range(E)])
+                down = np.stack([get(p + f"mlp.experts.{j}.down_proj.weight") for j in range(E)])
+            t(b + "ffn_gate_exps.weight", gate)
+            t(b + "ffn_up_exps.weight", up)
+            t(b + "ffn_down_exps.weight", down)
             t(b + "ffn_gate_shexp.weight", get(p + "mlp.shared_experts.gate_proj.weight"))
             t(b + "ffn_up_shexp.weight", get(p + "mlp.shared_experts.up_proj.weight"))
             t(b + "ffn_down_shexp.weight", get(p + "mlp.shared_experts.down_proj.weight"))
@@ -317,6 +331,81 @@ def goldens(model, tok, add_bos_id):
         greedy = gen[0, len(ids):].tolist()
     toks = [{"text": s, "ids": tok.encode(s).ids} for s in TOKENIZE_TEXTS]
     return {"prompt": PROMPT, "prompt_ids": ids, "tokenize": toks, "passes": passes, "greedy": greedy}
+
+
+def make_mtp(model, cfg):
+    """DeepSeek's MTP module (one 'NextN' layer after the main ones): enorm, hnorm, eh_proj,
+    a decoder layer of the main architecture (MoE here), shared_head.norm; embedding and
+    head shared with the main model. Random weights; returns the modules and the HF
+    state-dict entries (model.layers.{L}.*, as DeepSeek's checkpoints name them)."""
+    L = cfg.num_hidden_layers
+    layer = transformers.models.deepseek_v3.modeling_deepseek_v3.DeepseekV3DecoderLayer(cfg, L).float().eval()
+    mods = torch.nn.ModuleDict(
+        {
+            "layer": layer,
+            "enorm": transformers.models.deepseek_v3.modeling_deepseek_v3.DeepseekV3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
+            "hnorm": transformers.models.deepseek_v3.modeling_deepseek_v3.DeepseekV3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
+            "shared_norm": transformers.models.deepseek_v3.modeling_deepseek_v3.DeepseekV3RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
+            "eh_proj": torch.nn.Linear(2 * cfg.hidden_size, cfg.hidden_size, bias=False),
+        }
+    ).float().eval()
+    perturb(mods, 4242)
+    g = torch.Generator().manual_seed(4343)
+    with torch.no_grad():
+        layer.mlp.gate.e_score_correction_bias.copy_(0.05 * torch.randn(cfg.n_routed_experts, generator=g))
+    p = f"model.layers.{L}."
+    sd = {}
+    for k, v in layer.state_dict().items():
+        if k == "mlp.experts.gate_up_proj":
+            F = cfg.moe_intermediate_size
+            for j in range(v.shape[0]):
+                sd[p + f"mlp.experts.{j}.gate_proj.weight"] = v[j, :F].clone()
+                sd[p + f"mlp.experts.{j}.up_proj.weight"] = v[j, F:].clone()
+        elif k == "mlp.experts.down_proj":
+            for j in range(v.shape[0]):
+                sd[p + f"mlp.experts.{j}.down_proj.weight"] = v[j].clone()
+        else:
+            sd[p + k] = v.clone()
+    sd[p + "enorm.weight"] = mods["enorm"].weight.detach().clone()
+    sd[p + "hnorm.weight"] = mods["hnorm"].weight.detach().clone()
+    sd[p + "eh_proj.weight"] = mods["eh_proj"].weight.detach().clone()
+    sd[p + "shared_head.norm.weight"] = mods["shared_norm"].weight.detach().clone()
+    sd[p + "embed_tokens.weight"] = model.model.embed_tokens.weight.detach().clone()
+    sd[p + "shared_head.head.weight"] = model.lm_head.weight.detach().clone()
+    return mods, sd
+
+
+def mtp_forward(model, mods, hidden, next_ids):
+    """Reference MTP forward over rows j = 0..T-1 at positions j: row j combines the
+    target's post-norm hidden h_j with the embedding of the token after it. Causal
+    attention over the module's own rows (as its KV cache would give).
+    Returns (logits [T, V], post-norm hidden [T, D])."""
+    T = hidden.shape[1]
+    e = model.model.embed_tokens(torch.tensor([next_ids]))
+    x = mods["eh_proj"](torch.cat([mods["enorm"](e), mods["hnorm"](hidden)], dim=-1))
+    pos = torch.arange(T)[None]
+    pe = model.model.rotary_emb(x, pos)
+    mask = torch.full((T, T), float("-inf")).triu(1)[None, None]
+    out = mods["layer"](x, attention_mask=mask, position_ids=pos, position_embeddings=pe)
+    out = out[0] if isinstance(out, tuple) else out
+    hn = mods["shared_norm"](out)
+    return model.lm_head(hn)[0], hn
+
+
+def mtp_golden(model, mods, cfg, gd):
+    """MTP logits for the prompt (teacher-forced: next tokens are the prompt shifted left,
+    then the target's first greedy token), and one chained step: the last row's
+    post-norm hidden paired with its own argmax token at the next position."""
+    ids = gd["prompt_ids"]
+    first = gd["greedy"][0]
+    with torch.no_grad():
+        h = model.model(torch.tensor([ids])).last_hidden_state
+        nxt = ids[1:] + [first]
+        logits, hn = mtp_forward(model, mods, h, nxt)
+        d1 = int(logits[-1].argmax())
+        h2 = torch.cat([h, hn[:, -1:]], dim=1)
+        logits2, _ = mtp_forward(model, mods, h2, nxt + [d1])
+    return {"next_tokens": nxt, "logits": logits.tolist(), "chain_token": d1, "chain_logits": logits2[-1].tolist()}
 
 
 def make_deepseek():
@@ -381,8 +470,24 @@ def make_deepseek():
     with open(os.path.join(d, "hf", "tokenizer_config.json"), "w") as f:
         json.dump({"add_bos_token": True, "bos_token": specials[0], "eos_token": specials[1]}, f, indent=1)
     sd = model.state_dict()
+    mtp, mtp_sd = make_mtp(model, cfg)
+    # transformers ignores model.layers.{n_layers}; DeepSeek's checkpoints carry it as an extra shard.
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in mtp_sd.items()}, os.path.join(d, "hf", "model-mtp.safetensors")
+    )
+    index = {"metadata": {}, "weight_map": {}}
+    with safetensors.safe_open(os.path.join(d, "hf", "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            index["weight_map"][k] = "model.safetensors"
+    for k in mtp_sd:
+        index["weight_map"][k] = "model-mtp.safetensors"
+    with open(os.path.join(d, "hf", "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f, indent=1)
+    sd = dict(sd)
+    sd.update(mtp_sd)
     write_gguf_deepseek(os.path.join(d, "model.gguf"), cfg, sd, tok, bos_id, eos_id)
     gd = goldens(model, tok, bos_id)
+    gd["mtp"] = mtp_golden(model, mtp, cfg, gd)
     gd["reference"] = f"transformers {transformers.__version__}, torch {torch.__version__}, f32, eager attention"
     with open(os.path.join(d, "golden.json"), "w") as f:
         json.dump(gd, f)

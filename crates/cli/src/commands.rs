@@ -115,7 +115,17 @@ pub fn make_drafter(
             let ctx = target.model.max_context().min(draft.model.max_context()).min(8192);
             Some(Box::new(ModelDrafter::new(draft.model, params.clone(), ctx, path.display().to_string())))
         }
-        other => bail!("unknown drafter {other:?}: use none, ngram, suffix or model:PATH"),
+        "mtp" => {
+            let mtp = specdec_engine::models::deepseek2::Mtp::load(
+                target.file.clone(),
+                target.pool.clone(),
+                target.force_f32,
+            )
+            .map_err(|e| anyhow::anyhow!("--drafter mtp needs a DeepSeek-V3/R1 model with its MTP module: {e}"))?;
+            let ctx = target.model.max_context().min(1 << 16);
+            Some(Box::new(specdec_engine::spec::mtp::MtpDrafter::new(std::sync::Arc::new(mtp), ctx)))
+        }
+        other => bail!("unknown drafter {other:?}: use none, ngram, suffix, mtp or model:PATH"),
     })
 }
 

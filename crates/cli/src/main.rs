@@ -56,8 +56,9 @@ pub struct SampleArgs {
 #[derive(clap::Args, Clone)]
 pub struct SpecArgs {
     /// Drafter: none (plain decoding), ngram (prompt lookup), suffix (suffix
-    /// trie over prompt, output and earlier outputs), or model:PATH (a draft
-    /// model GGUF sharing the target's vocabulary).
+    /// trie over prompt, output and earlier outputs), mtp (the model's own
+    /// Multi-Token-Prediction module: DeepSeek-V3/R1), or model:PATH (a draft
+    /// model sharing the target's vocabulary).
     #[arg(long, default_value = "none")]
     pub drafter: String,
     /// Most draft tokens per step; the adaptive controller picks k <= this.

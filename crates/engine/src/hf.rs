@@ -262,9 +262,17 @@ fn deepseek_tensors(
     let dv = c.uint("v_head_dim", 8192)? as usize;
     let lkv = c.uint("kv_lora_rank", 1 << 16)? as usize;
     let lq = c.uint_or("q_lora_rank", 1 << 16, None)?;
+    // MTP modules follow the main layers (model.layers.{n_layers}..); they are
+    // carried as blk.{n}.nextn.* plus an ordinary layer, block_count counting them.
+    let n_nextn = (0..c.uint_or("num_nextn_predict_layers", 8, Some(0))?.unwrap_or(0))
+        .take_while(|j| tensors.contains_key(&format!("model.layers.{}.eh_proj.weight", n_layers + j)))
+        .count() as u32;
     put("context_length", Value::U32(c.uint("max_position_embeddings", 1 << 24)?));
     put("embedding_length", Value::U32(c.uint("hidden_size", 1 << 16)?));
-    put("block_count", Value::U32(n_layers));
+    put("block_count", Value::U32(n_layers + n_nextn));
+    if n_nextn > 0 {
+        put("nextn_predict_layers", Value::U32(n_nextn));
+    }
     put("feed_forward_length", Value::U32(c.uint("intermediate_size", 1 << 20)?));
     put("attention.head_count", Value::U32(n_head as u32));
     put("attention.head_count_kv", Value::U32(1));
@@ -327,9 +335,22 @@ fn deepseek_tensors(
         out("output_norm.weight", take("model.norm.weight")?),
         out("output.weight", take("lm_head.weight")?),
     ];
-    for i in 0..n_layers as usize {
+    for i in 0..(n_layers + n_nextn) as usize {
         let hf = |s: &str| format!("model.layers.{i}.{s}");
         let gg = |s: &str| format!("blk.{i}.{s}");
+        if i >= n_layers as usize {
+            for (h, g) in [
+                ("enorm.weight", "nextn.enorm.weight"),
+                ("hnorm.weight", "nextn.hnorm.weight"),
+                ("eh_proj.weight", "nextn.eh_proj.weight"),
+                ("shared_head.norm.weight", "nextn.shared_head_norm.weight"),
+            ] {
+                outs.push(out(gg(g), take(&hf(h))?));
+            }
+            // Copies of the main embedding and head in DeepSeek's checkpoints: the main ones serve.
+            take(&hf("embed_tokens.weight")).ok();
+            take(&hf("shared_head.head.weight")).ok();
+        }
         for (h, g) in [
             ("input_layernorm.weight", "attn_norm.weight"),
             ("post_attention_layernorm.weight", "ffn_norm.weight"),

@@ -59,6 +59,8 @@ pub enum EngineError {
     Tensor(String, String),
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("checkpoint {file}: {problem}")]
     Checkpoint { file: String, problem: String },
     #[error("context full: {need} positions needed, the cache holds {capacity}")]
@@ -92,6 +94,18 @@ pub trait Model: Send + Sync {
         }
         items.iter_mut().map(|it| self.forward(it.cache, it.tokens, it.rows)).collect()
     }
+    /// As `forward`, also returning the post-final-norm hidden state of every
+    /// row (`n_embd` floats each): what an MTP drafter builds on, handed over
+    /// from the verify pass rather than recomputed.
+    fn forward_hidden(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
+        let _ = (cache, tokens, rows);
+        Err(EngineError::Unsupported(format!("{} does not expose hidden states", self.describe())))
+    }
     /// Weight bytes one decode step reads, as stored in the file.
     fn weight_bytes_per_token(&self) -> usize;
     /// Weight bytes one decode step reads in the packed layout.
@@ -123,6 +137,11 @@ pub struct Loaded {
     pub file: Arc<GgufFile>,
     pub tokenizer: Tokenizer,
     pub model: Box<dyn Model>,
+    /// The model's worker threads (a drafter built from the same file, such
+    /// as the MTP module, shares them).
+    pub pool: Arc<Pool>,
+    /// Whether weights were loaded as exact f32.
+    pub force_f32: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -153,12 +172,12 @@ pub fn load_file(
         opts.threads
     };
     let pool = Arc::new(Pool::new(threads));
-    let model: Box<dyn Model> = models::load(file.clone(), pool, opts.force_f32, progress)?;
+    let model: Box<dyn Model> = models::load(file.clone(), pool.clone(), opts.force_f32, progress)?;
     if model.vocab_size() < tokenizer.vocab_size() {
         return Err(EngineError::Metadata {
             key: "tokenizer.ggml.tokens".into(),
             problem: format!("{} tokens but the output layer has {} rows", tokenizer.vocab_size(), model.vocab_size()),
         });
     }
-    Ok(Loaded { file, tokenizer, model })
+    Ok(Loaded { file, tokenizer, model, pool, force_f32: opts.force_f32 })
 }

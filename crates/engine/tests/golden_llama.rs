@@ -154,3 +154,141 @@ fn deepseek_v3_safetensors_matches_transformers() {
     check_greedy("deepseek_v3", true, true);
     check_tokenizer("deepseek_v3", true);
 }
+
+/// DeepSeek's MTP module against the reference MTP forward in
+/// scripts/make-fixtures.py: teacher-forced rows over the prompt, then one
+/// chained step from its own post-norm hidden state.
+#[test]
+fn deepseek_mtp_matches_reference() {
+    use specdec_engine::models::deepseek2::Mtp;
+    let g = golden("deepseek_v3");
+    let gm = &g["mtp"];
+    for hf in [false, true] {
+        let l = open("deepseek_v3", hf, true);
+        let m = l.model.as_ref();
+        let nv = m.vocab_size();
+        let prompt = ids(&g["prompt_ids"]);
+        let mut cache = m.new_cache(64);
+        let (_, hidden) = m.forward_hidden(&mut cache, &prompt, LogitRows::Last).unwrap();
+        let mtp = Mtp::load(l.file.clone(), std::sync::Arc::new(specdec_kernels::Pool::new(2)), true).unwrap();
+        let d = mtp.n_embd();
+        assert_eq!(hidden.len(), prompt.len() * d);
+        let mut mc = mtp.new_cache(64);
+        let next = ids(&gm["next_tokens"]);
+        let (logits, hn) = mtp.forward(&mut mc, &next, &hidden, LogitRows::All).unwrap();
+        let mut worst = 0f64;
+        for (r, row) in gm["logits"].as_array().unwrap().iter().enumerate() {
+            let reference: Vec<f64> = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+            let e = rel_err(&logits[r * nv..(r + 1) * nv], &reference);
+            assert!(e < 1e-4, "mtp (hf {hf}) row {r}: relative error {e:e}");
+            worst = worst.max(e);
+        }
+        let last = &logits[(next.len() - 1) * nv..];
+        let d1 = specdec_engine::sampler::argmax(last);
+        assert_eq!(d1, gm["chain_token"].as_u64().unwrap() as u32);
+        let (chain, _) = mtp.forward(&mut mc, &[d1], &hn[(next.len() - 1) * d..], LogitRows::Last).unwrap();
+        let reference: Vec<f64> = gm["chain_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let e = rel_err(&chain, &reference);
+        assert!(e < 1e-4, "mtp (hf {hf}) chained step: relative error {e:e}");
+        eprintln!("mtp (hf {hf}): worst relative logit error {:e}", worst.max(e));
+    }
+}
+
+/// `--drafter mtp` is lossless on the DeepSeek fixture: greedy for fixed k in
+/// {1, 2, 4} and adaptive k, and seeded sampling, token for token with plain
+/// decoding; and it does draft (the hidden-state handover works).
+#[test]
+fn mtp_drafter_is_lossless() {
+    use specdec_engine::models::deepseek2::Mtp;
+    use specdec_engine::spec::mtp::MtpDrafter;
+    let g = golden("deepseek_v3");
+    let prompt = ids(&g["prompt_ids"]);
+    for hf in [false, true] {
+        let l = open("deepseek_v3", hf, false);
+        let m = l.model.as_ref();
+        let mtp = std::sync::Arc::new(Mtp::load(l.file.clone(), l.pool.clone(), false).unwrap());
+        let none = |_: u32| false;
+        let sampled = SamplingParams { temperature: 0.8, seed: 11, ..SamplingParams::default() };
+        for p in [SamplingParams::default(), sampled] {
+            let plain = generate(m, &prompt, 40, &p, &none, &mut |_| {}).unwrap().tokens;
+            for ctl in [1, 2, 4].map(Controller::fixed).into_iter().chain([Controller::new(4)]) {
+                let mut ctl = ctl;
+                let mut d = MtpDrafter::new(mtp.clone(), 256);
+                d.min_confidence = 0.0;
+                let out = generate_spec(m, &mut d, &mut ctl, &prompt, 40, &p, &none, &mut |_| {}).unwrap();
+                assert_eq!(
+                    out.tokens, plain,
+                    "mtp (hf {hf}, k {:?}, T {}) changed the output",
+                    ctl.fixed_k, p.temperature
+                );
+                if ctl.fixed_k.is_some() {
+                    assert!(out.spec.num_drafts > 0, "mtp never drafted");
+                }
+            }
+        }
+    }
+}
+
+/// The session hands the drafter the right rows: after prefill, position 0
+/// onward with the prompt shifted by one plus the first token; after each
+/// verify pass, the pass's first rows with the emitted tokens. The MTP
+/// drafter's first draft after prefill is the reference MTP's prediction.
+#[test]
+fn session_hands_over_hidden_states_by_position() {
+    use specdec_engine::models::deepseek2::Mtp;
+    use specdec_engine::spec::mtp::MtpDrafter;
+    use specdec_engine::spec::{Draft, Drafter};
+    struct Spy {
+        inner: MtpDrafter,
+        seen: Vec<(usize, usize, Vec<u32>)>,
+        first_draft: Option<Vec<u32>>,
+    }
+    impl Drafter for Spy {
+        fn name(&self) -> String {
+            "spy".into()
+        }
+        fn begin(&mut self, p: &[u32]) {
+            self.inner.begin(p)
+        }
+        fn propose(&mut self, c: &[u32], k: usize) -> Draft {
+            let d = self.inner.propose(c, k);
+            self.first_draft.get_or_insert(d.tokens.clone());
+            d
+        }
+        fn accept(&mut self, t: &[u32]) {
+            self.inner.accept(t)
+        }
+        fn wants_hidden(&self) -> bool {
+            true
+        }
+        fn observe_hidden(&mut self, pos0: usize, hidden: &[f32], next: &[u32]) {
+            self.seen.push((pos0, hidden.len(), next.to_vec()));
+            self.inner.observe_hidden(pos0, hidden, next)
+        }
+    }
+    let g = golden("deepseek_v3");
+    let prompt = ids(&g["prompt_ids"]);
+    let l = open("deepseek_v3", false, true);
+    let m = l.model.as_ref();
+    let mtp = std::sync::Arc::new(Mtp::load(l.file.clone(), l.pool.clone(), true).unwrap());
+    let d = mtp.n_embd();
+    let mut spy = Spy { inner: MtpDrafter::new(mtp, 256), seen: vec![], first_draft: None };
+    spy.inner.min_confidence = 0.0;
+    let mut ctl = Controller::fixed(3);
+    let p = SamplingParams::default();
+    let out = generate_spec(m, &mut spy, &mut ctl, &prompt, 12, &p, &|_| false, &mut |_| {}).unwrap();
+    let (pos0, n, next) = &spy.seen[0];
+    let mut want: Vec<u32> = prompt[1..].to_vec();
+    want.push(out.tokens[0]);
+    assert_eq!((*pos0, *n, next), (0, prompt.len() * d, &want));
+    assert_eq!(spy.first_draft.as_ref().unwrap()[0], g["mtp"]["chain_token"].as_u64().unwrap() as u32);
+    // Later rounds: positions continue where the emitted tokens stand.
+    let mut pos = prompt.len();
+    for (pos0, n, next) in &spy.seen[1..] {
+        assert_eq!(*pos0, pos, "observe_hidden position");
+        assert_eq!(*n, next.len() * d);
+        pos += next.len();
+    }
+    // The first token came with the prompt rows; every later one was observed once.
+    assert_eq!(pos, prompt.len() + out.tokens.len() - 1);
+}

@@ -317,7 +317,7 @@ fn finish_step(
     metrics: &Metrics,
 ) -> bool {
     let before = a.session.spec.clone();
-    let new = a.session.absorb(model, logits, secs, a.drafter.as_mut(), &mut a.ctl, is_eog);
+    let new = a.session.absorb(model, logits, None, secs, a.drafter.as_mut(), &mut a.ctl, is_eog);
     metrics.spec_step(&before, &a.session.spec);
     let now = Instant::now();
     if !new.is_empty() {

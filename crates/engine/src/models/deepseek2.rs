@@ -140,6 +140,18 @@ impl DeepSeek2 {
         force_f32: bool,
         progress: &dyn Fn(usize, usize),
     ) -> Result<DeepSeek2, EngineError> {
+        Self::load_part(file, pool, force_f32, progress, false)
+    }
+
+    /// The main model, or (`mtp`) the first MTP module's decoder layer with
+    /// its shared-head norm and the head, as a one-layer model (see `Mtp`).
+    fn load_part(
+        file: Arc<GgufFile>,
+        pool: Arc<Pool>,
+        force_f32: bool,
+        progress: &dyn Fn(usize, usize),
+        mtp: bool,
+    ) -> Result<DeepSeek2, EngineError> {
         let mut w = WeightSource::new(&file)?;
         w.force_f32 = force_f32;
         let n_embd = w.usize("embedding_length", 1..=1 << 16)?;
@@ -254,8 +266,12 @@ impl DeepSeek2 {
                 .map_err(|e| EngineError::Tensor(t.into(), e.to_string()))
         };
         let (lkv, h) = (kv_lora_rank, n_head);
+        if mtp && n_nextn == 0 {
+            return Err(meta("nextn_predict_layers", "the model has no MTP module (nextn layers)".into()));
+        }
+        let layer_ids = if mtp { n_layers..n_layers + 1 } else { 0..n_layers };
         let mut layers = Vec::with_capacity(n_layers);
-        for i in 0..n_layers {
+        for i in layer_ids {
             progress(i, n_layers + 1);
             let p = |s: &str| format!("blk.{i}.{s}");
             let (q_a, q_b) = if q_lora_rank > 0 {
@@ -317,8 +333,17 @@ impl DeepSeek2 {
             });
         }
         progress(n_layers, n_layers + 1);
-        let out_norm = w.vector("output_norm.weight", n_embd)?;
-        let out_name = if w.has("output.weight") { "output.weight" } else { "token_embd.weight" };
+        let norm_name =
+            if mtp { format!("blk.{n_layers}.nextn.shared_head_norm.weight") } else { "output_norm.weight".into() };
+        let out_norm = w.vector(&norm_name, n_embd)?;
+        let own_head = format!("blk.{n_layers}.nextn.shared_head_head.weight");
+        let out_name = if mtp && w.has(&own_head) {
+            own_head.as_str()
+        } else if w.has("output.weight") {
+            "output.weight"
+        } else {
+            "token_embd.weight"
+        };
         let output = w.matrix(out_name, n_vocab, n_embd)?;
         progress(n_layers + 1, n_layers + 1);
         // Bytes one decode step reads: everything in the main layers except
@@ -334,6 +359,155 @@ impl DeepSeek2 {
             }
         }
         Ok(DeepSeek2 { cfg, file, embd, layers, out_norm, output, rope, pool, isa: isa(), weight_bytes })
+    }
+
+    /// A batched pass: `x0` replaces the token embeddings (the MTP module's
+    /// combined input); `hidden` receives every row's post-norm hidden state.
+    fn run(
+        &self,
+        items: &mut [BatchItem],
+        x0: Option<Vec<f32>>,
+        hidden: Option<&mut Vec<f32>>,
+    ) -> Result<(Vec<Vec<f32>>, ()), EngineError> {
+        let c = &self.cfg;
+        for it in items.iter() {
+            check_item(self, it)?;
+        }
+        let rows = Rows::of(items);
+        let m = rows.len();
+        if m == 0 {
+            return Ok((items.iter().map(|_| Vec::new()).collect(), ()));
+        }
+        let (d, h, lkv, dn, dr, dv) = (c.n_embd, c.n_head, c.kv_lora_rank, c.dn, c.dr, c.dv);
+        let qk = dn + dr; // per-head width of q
+        let kw = lkv + dr; // cache width: [latent; rope key]
+
+        let mut x = match x0 {
+            Some(x) => x,
+            None => self.embed(&rows.ids)?,
+        };
+        reserve(items);
+
+        let mut qa = ActScratch::default();
+        let mut hn = vec![0f32; m * d];
+        let mut q = vec![0f32; m * h * qk];
+        let mut kv = vec![0f32; m * kw];
+        let mut qfull = vec![0f32; m * h * kw];
+        let mut att = vec![0f32; m * h * kw];
+        let mut oh = vec![0f32; m * h * dv];
+        let mut o = vec![0f32; m * d];
+        let (mut qn, mut qabs, mut olat, mut ov) =
+            (vec![0f32; m * dn], vec![0f32; m * lkv], vec![0f32; m * lkv], vec![0f32; m * dv]);
+        let (mut cos, mut sin, mut tc, mut ts) = (vec![], vec![], vec![], vec![]);
+        for &pos in &rows.pos {
+            rope_table(pos, &self.rope, &mut tc, &mut ts);
+            cos.extend_from_slice(&tc);
+            sin.extend_from_slice(&ts);
+        }
+        let half = dr / 2;
+        let shape = AttnShape { head_dim: kw, n_head: h, n_head_kv: 1, window: None };
+
+        for (li, l) in self.layers.iter().enumerate() {
+            // attention block
+            hn.copy_from_slice(&x);
+            rmsnorm_rows(&mut hn, &l.attn_norm, c.eps);
+            match &l.q_a {
+                Some((wqa, qnorm)) => {
+                    let mut ql = vec![0f32; m * wqa.n];
+                    self.mm(
+                        &hn,
+                        m,
+                        &mut qa,
+                        &mut [MatmulJob { w: wqa, out: &mut ql }, MatmulJob { w: &l.kv_a, out: &mut kv }],
+                    );
+                    rmsnorm_rows(&mut ql, qnorm, c.eps);
+                    self.mm(&ql, m, &mut qa, &mut [MatmulJob { w: &l.q_b, out: &mut q }]);
+                }
+                None => self.mm(
+                    &hn,
+                    m,
+                    &mut qa,
+                    &mut [MatmulJob { w: &l.q_b, out: &mut q }, MatmulJob { w: &l.kv_a, out: &mut kv }],
+                ),
+            }
+            for i in 0..m {
+                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+                let row = &mut kv[i * kw..(i + 1) * kw];
+                rmsnorm(&mut row[..lkv], &l.kv_a_norm, c.eps);
+                rope_norm(&mut row[lkv..], cs, sn);
+                store_kv(items, &rows, li, i, &kv[i * kw..(i + 1) * kw], &[]);
+                for hh in 0..h {
+                    rope_norm(&mut q[(i * h + hh) * qk + dn..(i * h + hh + 1) * qk], cs, sn);
+                }
+            }
+            // Absorb k_b into the query: q_abs_h = k_b[h] q_nope_h, head by head.
+            for hh in 0..h {
+                for i in 0..m {
+                    qn[i * dn..(i + 1) * dn].copy_from_slice(&q[(i * h + hh) * qk..(i * h + hh) * qk + dn]);
+                }
+                self.mm(&qn, m, &mut qa, &mut [MatmulJob { w: &l.k_b[hh], out: &mut qabs }]);
+                for i in 0..m {
+                    let dst = &mut qfull[(i * h + hh) * kw..(i * h + hh + 1) * kw];
+                    dst[..lkv].copy_from_slice(&qabs[i * lkv..(i + 1) * lkv]);
+                    dst[lkv..].copy_from_slice(&q[(i * h + hh) * qk + dn..(i * h + hh + 1) * qk]);
+                    dst.iter_mut().for_each(|v| *v *= c.attn_scale);
+                }
+            }
+            // One shared key head [c; k_pe]; the values are the latent c (the
+            // first Lkv of each key row; the rope part of the output is unused).
+            attention(&self.pool, self.isa, shape, &layer_caches(items, li), &rows, &qfull, &mut att);
+            for hh in 0..h {
+                for i in 0..m {
+                    olat[i * lkv..(i + 1) * lkv].copy_from_slice(&att[(i * h + hh) * kw..(i * h + hh) * kw + lkv]);
+                }
+                self.mm(&olat, m, &mut qa, &mut [MatmulJob { w: &l.v_b[hh], out: &mut ov }]);
+                for i in 0..m {
+                    oh[(i * h + hh) * dv..(i * h + hh + 1) * dv].copy_from_slice(&ov[i * dv..(i + 1) * dv]);
+                }
+            }
+            self.mm(&oh, m, &mut qa, &mut [MatmulJob { w: &l.wo, out: &mut o }]);
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            // feed-forward block
+            hn.copy_from_slice(&x);
+            rmsnorm_rows(&mut hn, &l.ffn_norm, c.eps);
+            match &l.ffn {
+                Ffn::Dense(wts) => self.swiglu(&hn, m, [&wts[0], &wts[1], &wts[2]], &mut qa, &mut o),
+                Ffn::Moe(moe) => self.moe(&hn, m, moe, &mut qa, &mut o),
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+
+        if let Some(hs) = hidden {
+            hs.clear();
+            hs.extend_from_slice(&x);
+            rmsnorm_rows(hs, &self.out_norm, c.eps);
+        }
+        let (mut xs, per_seq) = finish_rows(items, &x, d);
+        rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
+        let n_out: usize = per_seq.iter().sum();
+        let logits = matmul_alloc(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output);
+        Ok((split_logits(logits, &per_seq, c.n_vocab), ()))
+    }
+
+    /// Embedding rows of `ids`.
+    fn embed(&self, ids: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let d = self.cfg.n_embd;
+        let mut x = vec![0f32; ids.len() * d];
+        let row_bytes = (self.embd.n_bytes / self.embd.dims[1]) as usize;
+        let embd = self.file.tensor_data(&self.embd);
+        for (i, &t) in ids.iter().enumerate() {
+            if t as usize >= self.cfg.n_vocab {
+                return Err(EngineError::TokenOutOfRange { id: t, vocab: self.cfg.n_vocab });
+            }
+            dequantize_row(
+                self.embd.ty,
+                &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes],
+                &mut x[i * d..(i + 1) * d],
+            )
+            .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
+        }
+        Ok(x)
     }
 
     fn mm(&self, x: &[f32], m: usize, qa: &mut ActScratch, jobs: &mut [MatmulJob]) {
@@ -454,127 +628,19 @@ impl Model for DeepSeek2 {
     }
 
     fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let c = &self.cfg;
-        for it in items.iter() {
-            check_item(self, it)?;
-        }
-        let rows = Rows::of(items);
-        let m = rows.len();
-        if m == 0 {
-            return Ok(items.iter().map(|_| Vec::new()).collect());
-        }
-        let (d, h, lkv, dn, dr, dv) = (c.n_embd, c.n_head, c.kv_lora_rank, c.dn, c.dr, c.dv);
-        let qk = dn + dr; // per-head width of q
-        let kw = lkv + dr; // cache width: [latent; rope key]
+        Ok(self.run(items, None, None)?.0)
+    }
 
-        let mut x = vec![0f32; m * d];
-        let row_bytes = (self.embd.n_bytes / self.embd.dims[1]) as usize;
-        let embd = self.file.tensor_data(&self.embd);
-        for (i, &t) in rows.ids.iter().enumerate() {
-            dequantize_row(
-                self.embd.ty,
-                &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes],
-                &mut x[i * d..(i + 1) * d],
-            )
-            .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
-        }
-        reserve(items);
-
-        let mut qa = ActScratch::default();
-        let mut hn = vec![0f32; m * d];
-        let mut q = vec![0f32; m * h * qk];
-        let mut kv = vec![0f32; m * kw];
-        let mut qfull = vec![0f32; m * h * kw];
-        let mut att = vec![0f32; m * h * kw];
-        let mut oh = vec![0f32; m * h * dv];
-        let mut o = vec![0f32; m * d];
-        let (mut qn, mut qabs, mut olat, mut ov) =
-            (vec![0f32; m * dn], vec![0f32; m * lkv], vec![0f32; m * lkv], vec![0f32; m * dv]);
-        let (mut cos, mut sin, mut tc, mut ts) = (vec![], vec![], vec![], vec![]);
-        for &pos in &rows.pos {
-            rope_table(pos, &self.rope, &mut tc, &mut ts);
-            cos.extend_from_slice(&tc);
-            sin.extend_from_slice(&ts);
-        }
-        let half = dr / 2;
-        let shape = AttnShape { head_dim: kw, n_head: h, n_head_kv: 1, window: None };
-
-        for (li, l) in self.layers.iter().enumerate() {
-            // attention block
-            hn.copy_from_slice(&x);
-            rmsnorm_rows(&mut hn, &l.attn_norm, c.eps);
-            match &l.q_a {
-                Some((wqa, qnorm)) => {
-                    let mut ql = vec![0f32; m * wqa.n];
-                    self.mm(
-                        &hn,
-                        m,
-                        &mut qa,
-                        &mut [MatmulJob { w: wqa, out: &mut ql }, MatmulJob { w: &l.kv_a, out: &mut kv }],
-                    );
-                    rmsnorm_rows(&mut ql, qnorm, c.eps);
-                    self.mm(&ql, m, &mut qa, &mut [MatmulJob { w: &l.q_b, out: &mut q }]);
-                }
-                None => self.mm(
-                    &hn,
-                    m,
-                    &mut qa,
-                    &mut [MatmulJob { w: &l.q_b, out: &mut q }, MatmulJob { w: &l.kv_a, out: &mut kv }],
-                ),
-            }
-            for i in 0..m {
-                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
-                let row = &mut kv[i * kw..(i + 1) * kw];
-                rmsnorm(&mut row[..lkv], &l.kv_a_norm, c.eps);
-                rope_norm(&mut row[lkv..], cs, sn);
-                store_kv(items, &rows, li, i, &kv[i * kw..(i + 1) * kw], &[]);
-                for hh in 0..h {
-                    rope_norm(&mut q[(i * h + hh) * qk + dn..(i * h + hh + 1) * qk], cs, sn);
-                }
-            }
-            // Absorb k_b into the query: q_abs_h = k_b[h] q_nope_h, head by head.
-            for hh in 0..h {
-                for i in 0..m {
-                    qn[i * dn..(i + 1) * dn].copy_from_slice(&q[(i * h + hh) * qk..(i * h + hh) * qk + dn]);
-                }
-                self.mm(&qn, m, &mut qa, &mut [MatmulJob { w: &l.k_b[hh], out: &mut qabs }]);
-                for i in 0..m {
-                    let dst = &mut qfull[(i * h + hh) * kw..(i * h + hh + 1) * kw];
-                    dst[..lkv].copy_from_slice(&qabs[i * lkv..(i + 1) * lkv]);
-                    dst[lkv..].copy_from_slice(&q[(i * h + hh) * qk + dn..(i * h + hh + 1) * qk]);
-                    dst.iter_mut().for_each(|v| *v *= c.attn_scale);
-                }
-            }
-            // One shared key head [c; k_pe]; the values are the latent c (the
-            // first Lkv of each key row; the rope part of the output is unused).
-            attention(&self.pool, self.isa, shape, &layer_caches(items, li), &rows, &qfull, &mut att);
-            for hh in 0..h {
-                for i in 0..m {
-                    olat[i * lkv..(i + 1) * lkv].copy_from_slice(&att[(i * h + hh) * kw..(i * h + hh) * kw + lkv]);
-                }
-                self.mm(&olat, m, &mut qa, &mut [MatmulJob { w: &l.v_b[hh], out: &mut ov }]);
-                for i in 0..m {
-                    oh[(i * h + hh) * dv..(i * h + hh + 1) * dv].copy_from_slice(&ov[i * dv..(i + 1) * dv]);
-                }
-            }
-            self.mm(&oh, m, &mut qa, &mut [MatmulJob { w: &l.wo, out: &mut o }]);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-
-            // feed-forward block
-            hn.copy_from_slice(&x);
-            rmsnorm_rows(&mut hn, &l.ffn_norm, c.eps);
-            match &l.ffn {
-                Ffn::Dense(wts) => self.swiglu(&hn, m, [&wts[0], &wts[1], &wts[2]], &mut qa, &mut o),
-                Ffn::Moe(moe) => self.moe(&hn, m, moe, &mut qa, &mut o),
-            }
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-        }
-
-        let (mut xs, per_seq) = finish_rows(items, &x, d);
-        rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
-        let n_out: usize = per_seq.iter().sum();
-        let logits = matmul_alloc(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output);
-        Ok(split_logits(logits, &per_seq, c.n_vocab))
+    fn forward_hidden(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
+        let mut items = [BatchItem { cache, tokens, rows }];
+        let mut hidden = Vec::new();
+        let mut logits = self.run(&mut items, None, Some(&mut hidden))?.0;
+        Ok((logits.pop().unwrap_or_default(), hidden))
     }
 
     fn weight_bytes_per_token(&self) -> usize {
@@ -625,5 +691,89 @@ impl Model for DeepSeek2 {
             c.gating,
             c.n_vocab
         )
+    }
+}
+
+/// DeepSeek's Multi-Token-Prediction module: from the target's post-norm
+/// hidden state h at position i and the embedding of the token at i + 1, it
+/// predicts the token at i + 2:
+///   x = eh_proj [enorm(emb(t_{i+1})); hnorm(h_i)]   (embedding first)
+///   x = decoder layer (MLA + MoE, its own cache, position i)
+///   h' = shared_head_norm(x); logits = head(h')
+/// Chaining feeds h' back with the drafted token at position i + 1.
+pub struct Mtp {
+    core: DeepSeek2,
+    enorm: Vec<f32>,
+    hnorm: Vec<f32>,
+    eh_proj: PackedMatrix,
+}
+
+impl Mtp {
+    pub fn load(file: Arc<GgufFile>, pool: Arc<Pool>, force_f32: bool) -> Result<Mtp, EngineError> {
+        let arch = WeightSource::new(&file)?.arch;
+        if arch != "deepseek2" {
+            return Err(EngineError::Unsupported(format!("architecture {arch} has no MTP module")));
+        }
+        let core = DeepSeek2::load_part(file.clone(), pool, force_f32, &|_, _| {}, true)?;
+        let mut w = WeightSource::new(&file)?;
+        w.force_f32 = force_f32;
+        let (d, l) = (core.cfg.n_embd, core.cfg.n_layers);
+        let p = |s: &str| format!("blk.{l}.nextn.{s}");
+        Ok(Mtp {
+            enorm: w.vector(&p("enorm.weight"), d)?,
+            hnorm: w.vector(&p("hnorm.weight"), d)?,
+            eh_proj: w.matrix(&p("eh_proj.weight"), d, 2 * d)?,
+            core,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.core.cfg.n_vocab
+    }
+
+    pub fn n_embd(&self) -> usize {
+        self.core.cfg.n_embd
+    }
+
+    /// The module's own cache (one layer), position-aligned with the target's.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        self.core.new_cache(capacity)
+    }
+
+    /// Rows j at positions `cache.len() + j`, each the target hidden
+    /// `hidden[j]` with the token `next[j]` that followed it. Returns the
+    /// logits of the rows asked for and every row's post-norm hidden state.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        next: &[u32],
+        hidden: &[f32],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
+        let c = &self.core.cfg;
+        let d = c.n_embd;
+        if hidden.len() != next.len() * d {
+            return Err(EngineError::Tensor(
+                "mtp input".into(),
+                format!("{} hidden floats for {} tokens", hidden.len(), next.len()),
+            ));
+        }
+        let m = next.len();
+        let e = self.core.embed(next)?;
+        let mut cat = vec![0f32; m * 2 * d];
+        for i in 0..m {
+            let (a, b) = cat[i * 2 * d..(i + 1) * 2 * d].split_at_mut(d);
+            a.copy_from_slice(&e[i * d..(i + 1) * d]);
+            rmsnorm(a, &self.enorm, c.eps);
+            b.copy_from_slice(&hidden[i * d..(i + 1) * d]);
+            rmsnorm(b, &self.hnorm, c.eps);
+        }
+        let mut x = vec![0f32; m * d];
+        let mut qa = ActScratch::default();
+        matmul(&self.core.pool, self.core.isa, &cat, m, &mut qa, &mut [MatmulJob { w: &self.eh_proj, out: &mut x }]);
+        let mut items = [BatchItem { cache, tokens: next, rows }];
+        let mut hs = Vec::new();
+        let mut logits = self.core.run(&mut items, Some(x), Some(&mut hs))?.0;
+        Ok((logits.pop().unwrap_or_default(), hs))
     }
 }

@@ -40,6 +40,17 @@ pub trait Drafter {
     fn accept(&mut self, new_tokens: &[u32]);
     /// End of the request (drafters with history keep what they learned).
     fn end(&mut self) {}
+    /// Whether the drafter builds on the target's hidden states (MTP); the
+    /// session then runs the target with `Model::forward_hidden`.
+    fn wants_hidden(&self) -> bool {
+        false
+    }
+    /// The target's post-norm hidden states of the positions `pos0..` just
+    /// verified (`n_embd` floats each), each with the token that followed it;
+    /// called before `accept` with the same tokens.
+    fn observe_hidden(&mut self, pos0: usize, hidden: &[f32], next: &[u32]) {
+        let _ = (pos0, hidden, next);
+    }
     /// Whether `propose` samples (and fills `Draft::q`).
     fn is_sampled(&self) -> bool {
         false

@@ -74,6 +74,9 @@ pub struct Session {
     pending: Draft,
     /// Cache length before the planned pass.
     base: usize,
+    /// Target hidden states of the prompt, gathered over prefill chunks for a
+    /// drafter that wants them.
+    prefill_hidden: Vec<f32>,
     t_decode: Option<Instant>,
 }
 
@@ -112,6 +115,7 @@ impl Session {
             prefill_chunk: usize::MAX,
             pending: Draft::default(),
             base: 0,
+            prefill_hidden: Vec::new(),
             t_decode: None,
         })
     }
@@ -179,13 +183,15 @@ impl Session {
         Pass { tokens, rows: LogitRows::All }
     }
 
-    /// Takes the logits of the planned pass (run in `secs`), verifies, and
-    /// returns the tokens emitted by this step.
+    /// Takes the logits of the planned pass (run in `secs`) and, for a
+    /// drafter that wants them, the pass's hidden states (every row), verifies,
+    /// and returns the tokens emitted by this step.
     #[allow(clippy::too_many_arguments)]
     pub fn absorb(
         &mut self,
         model: &dyn Model,
         logits: &[f32],
+        hidden: Option<&[f32]>,
         secs: f64,
         drafter: &mut dyn Drafter,
         ctl: &mut Controller,
@@ -194,6 +200,9 @@ impl Session {
         let n_vocab = model.vocab_size();
         if !self.prefilled {
             self.stats.prefill_s += secs;
+            if let Some(h) = hidden {
+                self.prefill_hidden.extend_from_slice(h);
+            }
             if self.cache.len() < self.prompt_len {
                 // A chunk of a long prompt: nothing to emit yet (batch
                 // invariance makes chunked prefill give the same logits).
@@ -205,6 +214,12 @@ impl Session {
             let p = probs(&logits[..n_vocab], &self.params, &self.ctx);
             let first = verify(&[], &[], &[p], &mut self.rng).bonus;
             self.emit(first, is_eog);
+            let prompt_hidden = std::mem::take(&mut self.prefill_hidden);
+            if drafter.wants_hidden() && !prompt_hidden.is_empty() {
+                // Row j of the prompt is followed by token j + 1, the last by `first`.
+                let next: Vec<u32> = self.ctx[1..=self.prompt_len].to_vec();
+                drafter.observe_hidden(0, &prompt_hidden, &next);
+            }
             drafter.accept(&[first]);
             self.touch_stats();
             return vec![first];
@@ -241,6 +256,13 @@ impl Session {
             new_tokens.push(t);
             if self.emit(t, is_eog) {
                 break;
+            }
+        }
+        if let Some(h) = hidden.filter(|_| drafter.wants_hidden() && !new_tokens.is_empty()) {
+            // Row j (position base + j) was followed by new_tokens[j].
+            let d = h.len() / (k + 1);
+            if h.len() == d * (k + 1) {
+                drafter.observe_hidden(self.base, &h[..new_tokens.len() * d], &new_tokens);
             }
         }
         drafter.accept(&new_tokens);
@@ -290,9 +312,14 @@ pub fn generate_spec(
     while !s.is_done() {
         let pass = s.plan(model, drafter, ctl);
         let t = Instant::now();
-        let logits = model.forward(&mut s.cache, &pass.tokens, pass.rows)?;
+        let (logits, hidden) = if drafter.wants_hidden() {
+            let (l, h) = model.forward_hidden(&mut s.cache, &pass.tokens, pass.rows)?;
+            (l, Some(h))
+        } else {
+            (model.forward(&mut s.cache, &pass.tokens, pass.rows)?, None)
+        };
         let secs = t.elapsed().as_secs_f64();
-        for t in s.absorb(model, &logits, secs, drafter, ctl, is_eog) {
+        for t in s.absorb(model, &logits, hidden.as_deref(), secs, drafter, ctl, is_eog) {
             on_token(t);
         }
     }

@@ -15,6 +15,7 @@ pub mod controller;
 pub mod drafter;
 pub mod generate;
 pub mod model_drafter;
+pub mod mtp;
 pub mod ngram;
 pub mod suffix;
 pub mod testing;

@@ -1,0 +1,96 @@
+//! The MTP drafter: DeepSeek's Multi-Token-Prediction module proposes from the
+//! target's own hidden states.
+//!
+//! After every verified pass the session hands over the target's post-norm
+//! hidden state of each emitted position (`observe_hidden`); the module runs
+//! once over those rows, writing its own cache at the same positions, and its
+//! last row predicts the token after the bonus (draft 1). Drafts 2..k chain
+//! the module's own post-norm output with the previous draft token, one
+//! position further each (vLLM's and SGLang's scheme). The module's cache
+//! rolls back with the target's: each round truncates it to the target's
+//! length before the new rows. Drafts are greedy (deterministic), so the
+//! verifier's sampled path stays token-for-token with plain decoding.
+
+use std::sync::Arc;
+
+use super::{Draft, Drafter};
+use crate::models::deepseek2::Mtp;
+use crate::sampler::argmax;
+use crate::{KvCache, LogitRows};
+
+pub struct MtpDrafter {
+    mtp: Arc<Mtp>,
+    cache: KvCache,
+    /// Logits and post-norm hidden of the module's last row (predicting the
+    /// token after the context), if up to date.
+    head: Option<(Vec<f32>, Vec<f32>)>,
+    /// Stop chaining when the module's top probability falls below this.
+    pub min_confidence: f32,
+}
+
+impl MtpDrafter {
+    pub fn new(mtp: Arc<Mtp>, ctx: usize) -> MtpDrafter {
+        let cache = mtp.new_cache(ctx);
+        MtpDrafter { mtp, cache, head: None, min_confidence: 0.2 }
+    }
+}
+
+fn top_prob(logits: &[f32]) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
+    1.0 / sum
+}
+
+impl Drafter for MtpDrafter {
+    fn name(&self) -> String {
+        "mtp".into()
+    }
+    fn begin(&mut self, _prompt: &[u32]) {
+        self.cache.truncate(0);
+        self.head = None;
+    }
+    fn accept(&mut self, _new_tokens: &[u32]) {}
+    fn wants_hidden(&self) -> bool {
+        true
+    }
+
+    fn observe_hidden(&mut self, pos0: usize, hidden: &[f32], next: &[u32]) {
+        self.head = None;
+        if next.is_empty() || pos0 > self.cache.len() || pos0 + next.len() > self.cache.capacity {
+            return;
+        }
+        self.cache.truncate(pos0);
+        let d = self.mtp.n_embd();
+        if let Ok((logits, hs)) = self.mtp.forward(&mut self.cache, next, hidden, LogitRows::Last) {
+            let last = hs[(next.len() - 1) * d..].to_vec();
+            self.head = Some((logits, last));
+        }
+    }
+
+    fn propose(&mut self, _ctx: &[u32], k: usize) -> Draft {
+        let mut d = Draft::default();
+        let Some((mut logits, mut hidden)) = self.head.clone() else { return d };
+        for i in 0..k {
+            let conf = top_prob(&logits);
+            if conf < self.min_confidence && i > 0 {
+                break;
+            }
+            let t = argmax(&logits);
+            if t as usize >= self.mtp.vocab_size() {
+                break;
+            }
+            d.tokens.push(t);
+            d.confidence.push(conf);
+            if i + 1 < k {
+                if self.cache.len() + 1 > self.cache.capacity {
+                    break;
+                }
+                match self.mtp.forward(&mut self.cache, &[t], &hidden, LogitRows::Last) {
+                    Ok((l, h)) => (logits, hidden) = (l, h),
+                    Err(_) => break,
+                }
+            }
+        }
+        d
+    }
+}
