@@ -58,7 +58,7 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
     Ok(loaded)
 }
 
-fn sampling(s: &SampleArgs) -> Result<SamplingParams> {
+pub fn sampling(s: &SampleArgs) -> Result<SamplingParams> {
     if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
         bail!("--temperature must be a finite number >= 0");
     }

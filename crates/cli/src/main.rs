@@ -1,6 +1,7 @@
 //! `specdec`: generate, tokenize, inspect and profile GGUF models on the CPU.
 
 mod bench;
+mod chat;
 mod commands;
 mod serve;
 
@@ -93,6 +94,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Chat in the terminal through the model's chat template, with
+    /// speculative decoding; shows <think> reasoning apart from the answer and
+    /// speed and acceptance after each reply. Reads one user turn per line.
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// A system message opening the conversation.
+        #[arg(long)]
+        system: Option<String>,
+        /// Maximum new tokens per reply.
+        #[arg(long, short = 'n', default_value_t = 1024)]
+        max_tokens: usize,
+        #[command(flatten)]
+        sample: SampleArgs,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
     /// Run plain and speculative decoding side by side on Spec-Bench-format
     /// prompts (turns[0] of each line) and report speedups per category.
     Bench {
@@ -173,6 +191,7 @@ fn main() {
         Cmd::Bench { model, prompts, spec, max_tokens, per_category, json, markdown, svg } => {
             bench::bench(&model, &prompts, &spec, max_tokens, per_category, json, markdown, svg)
         }
+        Cmd::Chat { model, system, max_tokens, sample, spec } => chat::chat(&model, system, max_tokens, &sample, &spec),
         Cmd::Tokenize { model, text, input_jsonl } => commands::tokenize(&model, text, input_jsonl),
         Cmd::Inspect { model, tensors } => commands::inspect(&model, tensors),
         Cmd::Profile { model, json, reps, synthetic } => commands::profile(&model, json, reps, synthetic.as_deref()),

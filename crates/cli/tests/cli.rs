@@ -182,3 +182,23 @@ fn generate_from_hf_directory_equals_gguf() {
     assert!(outs[0].as_array().is_some_and(|a| !a.is_empty()));
     assert_eq!(outs[0], outs[1]);
 }
+
+/// `specdec chat` on the default model (Gemma's built-in template): one reply
+/// with speed and acceptance per turn, /reset and /exit handled.
+#[test]
+fn chat_answers_each_turn_with_stats() {
+    use std::io::Write;
+    let mut child = bin()
+        .args(["chat", "--drafter", "ngram", "-n", "8"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello\n/reset\nName a colour.\n/exit\nnever read\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches("tok/s, mean acceptance length").count(), 2, "{err}");
+    assert!(err.contains("[conversation cleared]"), "{err}");
+}
