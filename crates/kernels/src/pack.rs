@@ -13,9 +13,16 @@
 //! |------|---------------|--------------|---------------------------------------------------|
 //! | Q8S  | Q8_0          | 544          | 8 chunks of u8 (q+128); 16 f16 scales             |
 //! | Q5S  | Q5_0          | 352          | 4 nibble chunks; 64 B high bits; 16 f16 scales    |
-//! | Q4A  | Q4_K Q4_0 Q4_1| 384          | 4 nibble chunks; 16 f32 scales; 16 f32 mins       |
+//! | Q4A  | Q4_0 Q4_1     | 384          | 4 nibble chunks; 16 f32 scales; 16 f32 mins       |
+//! | Q4K  | Q4_K          | 288 (+16)    | 4 nibble chunks; 16 u8 scales; 16 u8 mins         |
 //! | Q6S  | Q6_K          | 640          | 8 chunks of u8 (q); 2 x 16 f32 scales (per 16)    |
 //! | F32  | F32 F16 BF16, and types without a packed kind | n x k f32 row-major |
+//!
+//! Q4K keeps Q4_K's 6-bit sub-block scales and mins as integers; the per-row
+//! super-block factors (d, dmin, 16 rows x 2 f32 per 8 records) sit in a side
+//! array, so the kernel forms `s = d * sc` and `m = dmin * mq` exactly as the
+//! other kinds' packing would (the same f32 product), at 4.75 bits per weight
+//! instead of Q4A's 6.
 //!
 //! Nibble chunk p (p = 0..3) holds weight 4p+t in the low nibble and weight
 //! 16+4p+t in the high nibble of byte t of each lane. The Q5S high-bit lane of
@@ -32,6 +39,7 @@ pub enum PackedKind {
     Q8S,
     Q5S,
     Q4A,
+    Q4K,
     Q6S,
     F32,
 }
@@ -42,6 +50,7 @@ impl PackedKind {
             PackedKind::Q8S => 544,
             PackedKind::Q5S => 352,
             PackedKind::Q4A => 384,
+            PackedKind::Q4K => 288,
             PackedKind::Q6S => 640,
             PackedKind::F32 => 0,
         }
@@ -60,7 +69,8 @@ impl PackedKind {
         match ty {
             GgmlType::Q8_0 => PackedKind::Q8S,
             GgmlType::Q5_0 => PackedKind::Q5S,
-            GgmlType::Q4_K | GgmlType::Q4_0 | GgmlType::Q4_1 => PackedKind::Q4A,
+            GgmlType::Q4_K => PackedKind::Q4K,
+            GgmlType::Q4_0 | GgmlType::Q4_1 => PackedKind::Q4A,
             GgmlType::Q6_K => PackedKind::Q6S,
             _ => PackedKind::F32,
         }
@@ -101,6 +111,8 @@ pub struct PackedMatrix {
     pub source: GgmlType,
     pub(crate) q: AlignedBytes,
     pub(crate) f: Vec<f32>,
+    /// Q4K only: per group and super-block (8 records), 16 d then 16 dmin.
+    pub(crate) sb: Vec<f32>,
 }
 
 impl PackedMatrix {
@@ -121,7 +133,7 @@ impl PackedMatrix {
     pub fn bytes(&self) -> usize {
         match self.kind {
             PackedKind::F32 => self.f.len() * 4,
-            _ => self.q.len,
+            _ => self.q.len + self.sb.len() * 4,
         }
     }
     /// Packs `n` rows of `k` elements of type `ty` (GGUF bytes, row-major).
@@ -155,7 +167,7 @@ impl PackedMatrix {
             for (r, out) in f.chunks_exact_mut(k).enumerate() {
                 dequantize_row(ty, &data[r * row_bytes..(r + 1) * row_bytes], out)?;
             }
-            return Ok(PackedMatrix { kind, n, k, source: ty, q: AlignedBytes::zeroed(0), f });
+            return Ok(PackedMatrix { kind, n, k, source: ty, q: AlignedBytes::zeroed(0), f, sb: Vec::new() });
         }
         if PackedKind::for_type(ty) != kind {
             return Err(KernelError::Shape(format!("{ty} cannot be packed as {kind:?}")));
@@ -165,6 +177,8 @@ impl PackedMatrix {
         let rb = kind.record_bytes();
         let mut q = AlignedBytes::zeroed(n_groups * nb * rb);
         let buf = q.as_mut_slice();
+        let nsb = nb.div_ceil(8);
+        let mut sbv = if kind == PackedKind::Q4K { vec![0f32; n_groups * nsb * 32] } else { Vec::new() };
         // Per row: unsigned values, per-sub-block scales and mins.
         let mut u = vec![0u8; k];
         let mut sc = vec![0f32; k / 16];
@@ -173,6 +187,12 @@ impl PackedMatrix {
             let row = &data[r * row_bytes..(r + 1) * row_bytes];
             decode_ints(ty, row, &mut u, &mut sc, &mut mn);
             let (g, lane) = (r / 16, r % 16);
+            if kind == PackedKind::Q4K {
+                for (j, blk) in row.chunks_exact(144).enumerate() {
+                    sbv[(g * nsb + j) * 32 + lane] = f16_at(blk, 0);
+                    sbv[(g * nsb + j) * 32 + 16 + lane] = f16_at(blk, 2);
+                }
+            }
             for b in 0..nb {
                 let rec = &mut buf[(g * nb + b) * rb..(g * nb + b + 1) * rb];
                 let w = &u[b * 32..b * 32 + 32];
@@ -192,7 +212,7 @@ impl PackedMatrix {
                             }
                         }
                     }
-                    PackedKind::Q5S | PackedKind::Q4A => {
+                    PackedKind::Q5S | PackedKind::Q4A | PackedKind::Q4K => {
                         for p in 0..4 {
                             for t in 0..4 {
                                 rec[p * 64 + lane * 4 + t] = (w[4 * p + t] & 0xF) | ((w[16 + 4 * p + t] & 0xF) << 4);
@@ -208,6 +228,11 @@ impl PackedMatrix {
                             }
                             let bits = f16::from_f32(sc[2 * b]).to_bits().to_le_bytes();
                             rec[320 + lane * 2..320 + lane * 2 + 2].copy_from_slice(&bits);
+                        } else if kind == PackedKind::Q4K {
+                            let blk = &row[(b / 8) * 144..(b / 8 + 1) * 144];
+                            let (s6, m6) = scale_min_k4(b % 8, &blk[4..16]);
+                            rec[256 + lane] = s6;
+                            rec[272 + lane] = m6;
                         } else {
                             rec[256 + lane * 4..256 + lane * 4 + 4].copy_from_slice(&sc[2 * b].to_le_bytes());
                             rec[320 + lane * 4..320 + lane * 4 + 4].copy_from_slice(&mn[2 * b].to_le_bytes());
@@ -217,7 +242,7 @@ impl PackedMatrix {
                 }
             }
         }
-        Ok(PackedMatrix { kind, n, k, source: ty, q, f: Vec::new() })
+        Ok(PackedMatrix { kind, n, k, source: ty, q, f: Vec::new(), sb: sbv })
     }
 }
 

@@ -137,6 +137,11 @@ fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
         matmul(&pool, Isa::Avx512Vnni, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut simd }]);
         matmul(&pool, Isa::Scalar, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut sc }]);
         assert_eq!(simd, sc, "{ty}: SIMD and scalar differ");
+        for &isa in &simd_isas {
+            let mut other = vec![0f32; m * n];
+            matmul(&pool, isa, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut other }]);
+            assert_eq!(other, sc, "{ty}: {isa:?} and scalar differ");
+        }
         // Each row alone gives the same bits as inside the 13-row pass.
         for r in 0..m {
             let mut one = vec![0f32; n];

@@ -39,6 +39,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
             PackedKind::Q8S => go!(0),
             PackedKind::Q5S => go!(1),
             PackedKind::Q4A => go!(2),
+            PackedKind::Q4K => go!(4),
             PackedKind::Q6S => go!(3),
             PackedKind::F32 => unreachable!(),
         }
@@ -147,9 +148,25 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                             };
                             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(s, dav), acc[i]);
                         }
-                        2 => {
-                            let s = _mm256_loadu_ps(rec.add(256 + 32 * h) as *const f32);
-                            let m = _mm256_loadu_ps(rec.add(320 + 32 * h) as *const f32);
+                        2 | 4 => {
+                            let (s, m) = if KIND == 2 {
+                                (
+                                    _mm256_loadu_ps(rec.add(256 + 32 * h) as *const f32),
+                                    _mm256_loadu_ps(rec.add(320 + 32 * h) as *const f32),
+                                )
+                            } else {
+                                // d * sc and dmin * mq, the same f32 products as Q4A's packing.
+                                let sb = w.sb.as_ptr().add((g * nb.div_ceil(8) + b / 8) * 32 + 8 * h);
+                                let u8s = |o: usize| {
+                                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                                        rec.add(o + 8 * h) as *const _
+                                    )))
+                                };
+                                (
+                                    _mm256_mul_ps(_mm256_loadu_ps(sb), u8s(256)),
+                                    _mm256_mul_ps(_mm256_loadu_ps(sb.add(16)), u8s(272)),
+                                )
+                            };
                             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai[i]), _mm256_mul_ps(s, dav), acc[i]);
                             acc[i] = _mm256_fnmadd_ps(m, _mm256_set1_ps(da * (s0 + s1) as f32), acc[i]);
                         }

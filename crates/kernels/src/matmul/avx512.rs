@@ -17,6 +17,7 @@ const K_Q8S: u8 = 0;
 const K_Q5S: u8 = 1;
 const K_Q4A: u8 = 2;
 const K_Q6S: u8 = 3;
+const K_Q4K: u8 = 4;
 
 /// Bytes ahead of the current record to prefetch.
 const PREFETCH_AHEAD: usize = 16 * 1024;
@@ -38,6 +39,7 @@ const fn record_bytes(kind: u8) -> usize {
         K_Q8S => 544,
         K_Q5S => 352,
         K_Q4A => 384,
+        K_Q4K => 288,
         _ => 640,
     }
 }
@@ -49,6 +51,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
         PackedKind::Q8S => K_Q8S,
         PackedKind::Q5S => K_Q5S,
         PackedKind::Q4A => K_Q4A,
+        PackedKind::Q4K => K_Q4K,
         PackedKind::Q6S => K_Q6S,
         PackedKind::F32 => unreachable!(),
     };
@@ -85,6 +88,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
                 K_Q8S => go!(K_Q8S),
                 K_Q5S => go!(K_Q5S),
                 K_Q4A => go!(K_Q4A),
+                K_Q4K => go!(K_Q4K),
                 _ => go!(K_Q6S),
             }
             r0 += mt;
@@ -186,11 +190,17 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
     // latency; Q6S needs it for its two half-block scales. The sums are exact
     // integers, so the result equals the scalar reference either way.
     let split = MT <= 4 || KIND == K_Q6S;
+    let nsb = nb.div_ceil(8);
     for g in g0..g1 {
         let mut acc = [_mm512_setzero_ps(); MT];
         let grec = base.add(g * nb * rb);
+        let (mut sbd, mut sbm) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for b in 0..nb {
             let rec = grec.add(b * rb);
+            if KIND == K_Q4K && b % 8 == 0 {
+                let p = w.sb.as_ptr().add((g * nsb + b / 8) * 32);
+                (sbd, sbm) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            }
             pf.step();
             let u = decode::<KIND>(rec);
             let mut qp = [std::ptr::null::<i8>(); MT];
@@ -234,9 +244,15 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(s, da), acc[i]);
                     }
                 }
-                K_Q4A => {
-                    let s = _mm512_loadu_ps(rec.add(256) as *const f32);
-                    let m = _mm512_loadu_ps(rec.add(320) as *const f32);
+                K_Q4A | K_Q4K => {
+                    let (s, m) = if KIND == K_Q4A {
+                        (_mm512_loadu_ps(rec.add(256) as *const f32), _mm512_loadu_ps(rec.add(320) as *const f32))
+                    } else {
+                        // d * sc and dmin * mq, the same f32 products as Q4A's packing.
+                        let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(256) as *const _)));
+                        let mq = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(272) as *const _)));
+                        (_mm512_mul_ps(sbd, sc), _mm512_mul_ps(sbm, mq))
+                    };
                     for i in 0..MT {
                         let rb_ = (r0 + i) * nb + b;
                         let da = bf(a.d.as_ptr().add(rb_));

@@ -23,7 +23,7 @@ fn rd_f32(rec: &[u8], o: usize) -> f32 {
 pub(crate) fn unpack(kind: PackedKind, rec: &[u8], lane: usize, i: usize) -> u8 {
     match kind {
         PackedKind::Q8S | PackedKind::Q6S => rec[(i / 4) * 64 + lane * 4 + i % 4],
-        PackedKind::Q5S | PackedKind::Q4A => {
+        PackedKind::Q5S | PackedKind::Q4A | PackedKind::Q4K => {
             let byte = rec[((i % 16) / 4) * 64 + lane * 4 + i % 4];
             let nib = if i < 16 { byte & 0xF } else { byte >> 4 };
             if kind == PackedKind::Q5S {
@@ -68,9 +68,14 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
                             let ai = -c * (s16[0] + s16[1]) + dot(0, 32);
                             acc = (ai as f32).mul_add(s * da, acc);
                         }
-                        PackedKind::Q4A => {
-                            let s = rd_f32(rec, 256 + lane * 4);
-                            let m = rd_f32(rec, 320 + lane * 4);
+                        PackedKind::Q4A | PackedKind::Q4K => {
+                            let (s, m) = if w.kind == PackedKind::Q4A {
+                                (rd_f32(rec, 256 + lane * 4), rd_f32(rec, 320 + lane * 4))
+                            } else {
+                                // d * sc and dmin * mq: the products Q4A would store.
+                                let sb = &w.sb[(g * nb.div_ceil(8) + b / 8) * 32..][..32];
+                                (sb[lane] * rec[256 + lane] as f32, sb[16 + lane] * rec[272 + lane] as f32)
+                            };
                             acc = (dot(0, 32) as f32).mul_add(s * da, acc);
                             acc = (-m).mul_add(da * (s16[0] + s16[1]) as f32, acc);
                         }
