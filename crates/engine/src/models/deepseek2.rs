@@ -81,7 +81,7 @@ struct Moe {
 
 enum Ffn {
     Dense([PackedMatrix; 3]),
-    Moe(Moe),
+    Moe(Box<Moe>),
 }
 
 struct Layer {
@@ -298,7 +298,7 @@ impl DeepSeek2 {
                 ])
             } else {
                 let fs = n_ff_expert * n_expert_shared;
-                Ffn::Moe(Moe {
+                Ffn::Moe(Box::new(Moe {
                     router: w.matrix(&p("ffn_gate_inp.weight"), n_expert, n_embd)?,
                     bias: if w.has(&p("exp_probs_b.bias")) {
                         w.vector(&p("exp_probs_b.bias"), n_expert)?
@@ -317,7 +317,7 @@ impl DeepSeek2 {
                     } else {
                         None
                     },
-                })
+                }))
             };
             layers.push(Layer {
                 attn_norm: w.vector(&p("attn_norm.weight"), n_embd)?,
