@@ -80,7 +80,7 @@ struct Moe {
 }
 
 enum Ffn {
-    Dense([PackedMatrix; 3]),
+    Dense(Box<[PackedMatrix; 3]>),
     Moe(Box<Moe>),
 }
 
@@ -291,11 +291,11 @@ impl DeepSeek2 {
                 .map(|j| f32_kind(&p("attn_v_b.weight"), vb[j * dv * lkv..(j + 1) * dv * lkv].to_vec(), dv, lkv))
                 .collect::<Result<Vec<_>, _>>()?;
             let ffn = if i < n_dense {
-                Ffn::Dense([
+                Ffn::Dense(Box::new([
                     w.matrix(&p("ffn_gate.weight"), n_ff, n_embd)?,
                     w.matrix(&p("ffn_up.weight"), n_ff, n_embd)?,
                     w.matrix(&p("ffn_down.weight"), n_embd, n_ff)?,
-                ])
+                ]))
             } else {
                 let fs = n_ff_expert * n_expert_shared;
                 Ffn::Moe(Box::new(Moe {
