@@ -202,3 +202,48 @@ fn bad_config_and_tokenizer_files() {
     std::fs::remove_file(d.join("tokenizer.json")).unwrap();
     assert!(load_err(&d).contains("tokenizer.json"));
 }
+
+/// Draft/target pairs in the R1 family: R1-Distill-Qwen-1.5B drafts for the
+/// 7B/14B/32B, whose vocabularies are 128 padding tokens longer; a pair whose
+/// special tokens were renamed is refused with the token named.
+#[test]
+fn family_vocabularies_pair_up_within_128_tokens() {
+    use specdec_engine::spec::model_drafter::check_vocab_compat;
+    use specdec_gguf::{Array, GgufWriter, Value};
+    use specdec_tokenizer::Tokenizer;
+    let path = fixture("qwen2").parent().unwrap().join("model.gguf");
+    let bytes = std::fs::read(path).unwrap();
+    let base = specdec_gguf::parse(&bytes).unwrap();
+    let Some(Value::Array(Array::String(tokens))) = base.get("tokenizer.ggml.tokens") else { panic!("tokens") };
+    let with_tokens = |edit: &dyn Fn(&mut Vec<String>)| -> Tokenizer {
+        let mut t = tokens.clone();
+        edit(&mut t);
+        let mut w = GgufWriter::new();
+        for (k, v) in &base.metadata {
+            let v = match (k.as_str(), v) {
+                ("tokenizer.ggml.tokens", _) => Value::Array(Array::String(t.clone())),
+                ("tokenizer.ggml.token_type", Value::Array(Array::I32(ty))) => {
+                    let mut ty = ty.clone();
+                    ty.resize(t.len(), 5); // unused (padding)
+                    Value::Array(Array::I32(ty))
+                }
+                _ => v.clone(),
+            };
+            w.kv(k, v);
+        }
+        Tokenizer::from_gguf(&specdec_gguf::parse(&w.to_bytes()).unwrap()).unwrap()
+    };
+    let n = tokens.len();
+    let pad = |extra: usize| move |t: &mut Vec<String>| t.extend((0..extra).map(|i| format!("[PAD{}]", n + i)));
+    let small = with_tokens(&pad(0));
+    let big = with_tokens(&pad(128));
+    assert!(check_vocab_compat(&big, &small).is_ok(), "128 padding tokens apart must pair up");
+    let e = check_vocab_compat(&with_tokens(&pad(129)), &small).unwrap_err();
+    assert!(e.contains("more than 128"), "{e}");
+    let renamed = with_tokens(&|t: &mut Vec<String>| {
+        let i = t.iter().position(|s| s == "<|im_end|>").unwrap();
+        t[i] = "<|end|>".into();
+    });
+    let e = check_vocab_compat(&renamed, &small).unwrap_err();
+    assert!(e.contains("<|end|>") && e.contains("<|im_end|>"), "{e}");
+}
