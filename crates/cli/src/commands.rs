@@ -33,8 +33,8 @@ pub fn model_path(args: &ModelArgs) -> Result<PathBuf> {
     Ok(p)
 }
 
-pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
-    let path = model_path(args)?;
+/// A loading progress bar (hidden when `quiet`).
+fn progress_bar(quiet: bool, msg: String) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(1);
     if quiet {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -44,9 +44,15 @@ pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
-        bar.set_message(format!("loading {}", path.file_name().unwrap_or_default().to_string_lossy()));
+        bar.set_message(msg);
         bar.enable_steady_tick(Duration::from_millis(200));
     }
+    bar
+}
+
+pub fn load_model(args: &ModelArgs, quiet: bool) -> Result<Loaded> {
+    let path = model_path(args)?;
+    let bar = progress_bar(quiet, format!("loading {}", path.file_name().unwrap_or_default().to_string_lossy()));
     let opts =
         LoadOptions { threads: args.threads, force_f32: std::env::var("SPECDEC_FORCE_F32").is_ok_and(|v| v == "1") };
     let loaded = load(&path, &opts, &|i, n| {
@@ -375,17 +381,7 @@ fn load_synthetic(name: &str, m: &ModelArgs, quiet: bool) -> Result<Loaded> {
         let names: Vec<&str> = specdec_engine::synthetic::PRESETS.iter().map(|p| p.name).collect();
         bail!("unknown synthetic model {name:?}: choose one of {}", names.join(", "));
     };
-    let bar = indicatif::ProgressBar::new(1);
-    if quiet {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    } else {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_message(format!("building random {name} (Q4_K_M)"));
-    }
+    let bar = progress_bar(quiet, format!("building random {name} (Q4_K_M)"));
     let bytes = specdec_engine::synthetic::build(p, &|i, n| {
         bar.set_length(n as u64);
         bar.set_position(i as u64);

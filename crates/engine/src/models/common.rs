@@ -3,9 +3,47 @@
 //! rows that need logits. Each works row by row, so a row's numbers never
 //! depend on how many rows or sequences share the pass.
 
+use specdec_gguf::{GgufFile, TensorInfo};
+use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{attend_heads, Isa, Pool};
 
-use crate::{BatchItem, LogitRows};
+use crate::{BatchItem, EngineError, LogitRows};
+
+/// The token embedding table `token_embd.weight`: ggml dims [n_embd, n_vocab]
+/// with 1 ..= 2^24 rows.
+pub fn embedding_table(file: &GgufFile, n_embd: usize) -> Result<TensorInfo, EngineError> {
+    let embd = file
+        .header
+        .tensor("token_embd.weight")
+        .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?
+        .clone();
+    if embd.dims.len() != 2 || embd.dims[0] != n_embd as u64 || embd.dims[1] == 0 || embd.dims[1] > 1 << 24 {
+        return Err(EngineError::TensorShape {
+            name: "token_embd.weight".into(),
+            want: vec![n_embd as u64, 0],
+            found: embd.dims.clone(),
+        });
+    }
+    Ok(embd)
+}
+
+/// Embedding rows of `ids` (checked against the vocabulary), read from the
+/// mapping row by row.
+pub fn embed(file: &GgufFile, embd: &TensorInfo, ids: &[u32]) -> Result<Vec<f32>, EngineError> {
+    let (d, n_vocab) = (embd.dims[0] as usize, embd.dims[1] as usize);
+    let row_bytes = (embd.n_bytes / embd.dims[1]) as usize;
+    let data = file.tensor_data(embd);
+    let mut x = vec![0f32; ids.len() * d];
+    for (i, &t) in ids.iter().enumerate() {
+        if t as usize >= n_vocab {
+            return Err(EngineError::TokenOutOfRange { id: t, vocab: n_vocab });
+        }
+        let t = t as usize;
+        dequantize_row(embd.ty, &data[t * row_bytes..(t + 1) * row_bytes], &mut x[i * d..(i + 1) * d])
+            .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
+    }
+    Ok(x)
+}
 
 /// The rows of a batched pass, sequence after sequence: row r is token
 /// `ids[r]` of sequence `seq[r]` at position `pos[r]`.

@@ -26,10 +26,11 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{rmsnorm, rmsnorm_rows, rope_norm, rope_table, silu_mul, Rope};
-use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
 
-use super::common::{attention, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows};
+use super::common::{
+    attention, embed, embedding_table, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows,
+};
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
 
@@ -220,18 +221,7 @@ impl DeepSeek2 {
         };
         let expert_weights_scale = w.f32_or("expert_weights_scale", 1.0)?;
         let expert_weights_norm = w.bool_or("expert_weights_norm", false)?;
-        let embd = file
-            .header
-            .tensor("token_embd.weight")
-            .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?
-            .clone();
-        if embd.dims.len() != 2 || embd.dims[0] != n_embd as u64 || embd.dims[1] == 0 || embd.dims[1] > 1 << 24 {
-            return Err(EngineError::TensorShape {
-                name: "token_embd.weight".into(),
-                want: vec![n_embd as u64, 0],
-                found: embd.dims.clone(),
-            });
-        }
+        let embd = embedding_table(&file, n_embd)?;
         let n_vocab = embd.dims[1] as usize;
         let cfg = Config {
             n_embd,
@@ -492,22 +482,7 @@ impl DeepSeek2 {
 
     /// Embedding rows of `ids`.
     fn embed(&self, ids: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let d = self.cfg.n_embd;
-        let mut x = vec![0f32; ids.len() * d];
-        let row_bytes = (self.embd.n_bytes / self.embd.dims[1]) as usize;
-        let embd = self.file.tensor_data(&self.embd);
-        for (i, &t) in ids.iter().enumerate() {
-            if t as usize >= self.cfg.n_vocab {
-                return Err(EngineError::TokenOutOfRange { id: t, vocab: self.cfg.n_vocab });
-            }
-            dequantize_row(
-                self.embd.ty,
-                &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes],
-                &mut x[i * d..(i + 1) * d],
-            )
-            .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
-        }
-        Ok(x)
+        embed(&self.file, &self.embd, ids)
     }
 
     fn mm(&self, x: &[f32], m: usize, qa: &mut ActScratch, jobs: &mut [MatmulJob]) {

@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
-use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
-use super::common::{attention, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows};
+use super::common::{
+    attention, embed, embedding_table, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows,
+};
 
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -106,18 +107,7 @@ impl Gemma3 {
         let rope_base_global = w.f32_or("rope.freq_base", 1_000_000.0)?;
         let window = w.usize_or("attention.sliding_window", 1..=1 << 24, 512)?;
         let final_softcap = w.f32_or("final_logit_softcapping", 0.0).ok().filter(|&v| v > 0.0);
-        let embd = file
-            .header
-            .tensor("token_embd.weight")
-            .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?
-            .clone();
-        if embd.dims.len() != 2 || embd.dims[0] != n_embd as u64 || embd.dims[1] > 1 << 24 {
-            return Err(EngineError::TensorShape {
-                name: "token_embd.weight".into(),
-                want: vec![n_embd as u64, 0],
-                found: embd.dims.clone(),
-            });
-        }
+        let embd = embedding_table(&file, n_embd)?;
         let n_vocab = embd.dims[1] as usize;
         let cfg = Config {
             n_embd,
@@ -219,16 +209,9 @@ impl Model for Gemma3 {
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
 
         // x[m x d] = embedding rows * sqrt(d)
-        let mut x = vec![0f32; m * d];
-        let row_bytes = (self.embd.n_bytes / self.embd.dims[1]) as usize;
-        let embd = self.file.tensor_data(&self.embd);
-        for (i, &t) in rows.ids.iter().enumerate() {
-            let r = &mut x[i * d..(i + 1) * d];
-            dequantize_row(self.embd.ty, &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes], r)
-                .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
-            let s = (d as f32).sqrt();
-            r.iter_mut().for_each(|v| *v *= s);
-        }
+        let mut x = embed(&self.file, &self.embd, &rows.ids)?;
+        let s = (d as f32).sqrt();
+        x.iter_mut().for_each(|v| *v *= s);
         reserve(items);
 
         let mut qa = ActScratch::default();

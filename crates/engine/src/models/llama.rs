@@ -13,10 +13,11 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{rmsnorm_rows, rope_neox, rope_norm, rope_table, silu_mul, Rope};
-use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
-use super::common::{attention, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows};
+use super::common::{
+    attention, embed, embedding_table, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows,
+};
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
 
@@ -113,18 +114,7 @@ impl Llama {
         let eps = w.f32_or("attention.layer_norm_rms_epsilon", 1e-5)?;
         let rope_base = w.f32_or("rope.freq_base", 10_000.0)?;
         let rope_style = if arch == "llama" { RopeStyle::Norm } else { RopeStyle::Neox };
-        let embd = file
-            .header
-            .tensor("token_embd.weight")
-            .ok_or_else(|| EngineError::MissingTensor("token_embd.weight".into()))?
-            .clone();
-        if embd.dims.len() != 2 || embd.dims[0] != n_embd as u64 || embd.dims[1] == 0 || embd.dims[1] > 1 << 24 {
-            return Err(EngineError::TensorShape {
-                name: "token_embd.weight".into(),
-                want: vec![n_embd as u64, 0],
-                found: embd.dims.clone(),
-            });
-        }
+        let embd = embedding_table(&file, n_embd)?;
         let n_vocab = embd.dims[1] as usize;
         let tied_output = !w.has("output.weight");
         let cfg = Config {
@@ -235,14 +225,7 @@ impl Model for Llama {
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
 
         // x[m x d] = embedding rows
-        let mut x = vec![0f32; m * d];
-        let row_bytes = (self.embd.n_bytes / self.embd.dims[1]) as usize;
-        let embd = self.file.tensor_data(&self.embd);
-        for (i, &t) in rows.ids.iter().enumerate() {
-            let r = &mut x[i * d..(i + 1) * d];
-            dequantize_row(self.embd.ty, &embd[t as usize * row_bytes..(t as usize + 1) * row_bytes], r)
-                .map_err(|e| EngineError::Tensor("token_embd.weight".into(), e.to_string()))?;
-        }
+        let mut x = embed(&self.file, &self.embd, &rows.ids)?;
         reserve(items);
 
         let mut qa = ActScratch::default();

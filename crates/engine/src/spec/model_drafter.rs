@@ -66,7 +66,7 @@ impl ModelDrafter {
 }
 
 /// Probability of the most likely token at temperature 1.
-fn top_prob(logits: &[f32]) -> f32 {
+pub(crate) fn top_prob(logits: &[f32]) -> f32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
     1.0 / sum

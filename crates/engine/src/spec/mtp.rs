@@ -13,6 +13,7 @@
 
 use std::sync::Arc;
 
+use super::model_drafter::top_prob;
 use super::{Draft, Drafter};
 use crate::models::deepseek2::Mtp;
 use crate::sampler::argmax;
@@ -33,12 +34,6 @@ impl MtpDrafter {
         let cache = mtp.new_cache(ctx);
         MtpDrafter { mtp, cache, head: None, min_confidence: 0.2 }
     }
-}
-
-fn top_prob(logits: &[f32]) -> f32 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
-    1.0 / sum
 }
 
 impl Drafter for MtpDrafter {
