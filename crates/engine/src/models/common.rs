@@ -7,7 +7,7 @@ use specdec_gguf::{GgufFile, TensorInfo};
 use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{attend_heads, Isa, Pool};
 
-use crate::{BatchItem, EngineError, LogitRows};
+use crate::{BatchItem, EngineError, KvCache, LogitRows, Model};
 
 /// The token embedding table `token_embd.weight`: ggml dims [n_embd, n_vocab]
 /// with 1 ..= 2^24 rows.
@@ -69,6 +69,18 @@ impl Rows {
     pub fn len(&self) -> usize {
         self.ids.len()
     }
+}
+
+/// One sequence through a model's batched pass (`Model::forward` of every
+/// architecture).
+pub fn forward_one<M: Model + ?Sized>(
+    model: &M,
+    cache: &mut KvCache,
+    tokens: &[u32],
+    rows: LogitRows,
+) -> Result<Vec<f32>, EngineError> {
+    let mut items = [BatchItem { cache, tokens, rows }];
+    Ok(model.forward_batch(&mut items)?.pop().unwrap_or_default())
 }
 
 /// Attention geometry of one layer.

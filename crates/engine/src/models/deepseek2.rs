@@ -29,7 +29,8 @@ use specdec_kernels::ops::{rmsnorm, rmsnorm_rows, rope_norm, rope_table, silu_mu
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
 
 use super::common::{
-    attention, embed, embedding_table, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows,
+    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, reserve, split_logits, store_kv,
+    AttnShape, Rows,
 };
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -358,7 +359,7 @@ impl DeepSeek2 {
         items: &mut [BatchItem],
         x0: Option<Vec<f32>>,
         hidden: Option<&mut Vec<f32>>,
-    ) -> Result<(Vec<Vec<f32>>, ()), EngineError> {
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let c = &self.cfg;
         for it in items.iter() {
             check_item(self, it)?;
@@ -366,7 +367,7 @@ impl DeepSeek2 {
         let rows = Rows::of(items);
         let m = rows.len();
         if m == 0 {
-            return Ok((items.iter().map(|_| Vec::new()).collect(), ()));
+            return Ok(items.iter().map(|_| Vec::new()).collect());
         }
         let (d, h, lkv, dn, dr, dv) = (c.n_embd, c.n_head, c.kv_lora_rank, c.dn, c.dr, c.dv);
         let qk = dn + dr; // per-head width of q
@@ -477,7 +478,7 @@ impl DeepSeek2 {
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let n_out: usize = per_seq.iter().sum();
         let logits = matmul_alloc(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output);
-        Ok((split_logits(logits, &per_seq, c.n_vocab), ()))
+        Ok(split_logits(logits, &per_seq, c.n_vocab))
     }
 
     /// Embedding rows of `ids`.
@@ -598,12 +599,11 @@ impl Model for DeepSeek2 {
     }
 
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
-        let mut items = [BatchItem { cache, tokens, rows }];
-        Ok(self.forward_batch(&mut items)?.pop().unwrap_or_default())
+        forward_one(self, cache, tokens, rows)
     }
 
     fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
-        Ok(self.run(items, None, None)?.0)
+        self.run(items, None, None)
     }
 
     fn forward_hidden(
@@ -614,7 +614,7 @@ impl Model for DeepSeek2 {
     ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
         let mut items = [BatchItem { cache, tokens, rows }];
         let mut hidden = Vec::new();
-        let mut logits = self.run(&mut items, None, Some(&mut hidden))?.0;
+        let mut logits = self.run(&mut items, None, Some(&mut hidden))?;
         Ok((logits.pop().unwrap_or_default(), hidden))
     }
 
@@ -748,7 +748,7 @@ impl Mtp {
         matmul(&self.core.pool, self.core.isa, &cat, m, &mut qa, &mut [MatmulJob { w: &self.eh_proj, out: &mut x }]);
         let mut items = [BatchItem { cache, tokens: next, rows }];
         let mut hs = Vec::new();
-        let mut logits = self.core.run(&mut items, Some(x), Some(&mut hs))?.0;
+        let mut logits = self.core.run(&mut items, Some(x), Some(&mut hs))?;
         Ok((logits.pop().unwrap_or_default(), hs))
     }
 }

@@ -13,7 +13,8 @@ use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_tabl
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
 use super::common::{
-    attention, embed, embedding_table, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows,
+    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, reserve, split_logits, store_kv,
+    AttnShape, Rows,
 };
 
 use crate::weights::WeightSource;
@@ -191,8 +192,7 @@ impl Model for Gemma3 {
     }
 
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
-        let mut items = [BatchItem { cache, tokens, rows }];
-        Ok(self.forward_batch(&mut items)?.pop().unwrap_or_default())
+        forward_one(self, cache, tokens, rows)
     }
 
     fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {

@@ -16,7 +16,8 @@ use specdec_kernels::ops::{rmsnorm_rows, rope_neox, rope_norm, rope_table, silu_
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
 use super::common::{
-    attention, embed, embedding_table, finish_rows, layer_caches, reserve, split_logits, store_kv, AttnShape, Rows,
+    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, reserve, split_logits, store_kv,
+    AttnShape, Rows,
 };
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -207,8 +208,7 @@ impl Model for Llama {
     }
 
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
-        let mut items = [BatchItem { cache, tokens, rows }];
-        Ok(self.forward_batch(&mut items)?.pop().unwrap_or_default())
+        forward_one(self, cache, tokens, rows)
     }
 
     fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {

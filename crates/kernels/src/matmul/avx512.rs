@@ -186,11 +186,6 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
     let base = w.q.as_slice().as_ptr();
     let bc = |v: *const i32| _mm512_set1_epi32(*v);
     let bf = |v: *const f32| _mm512_set1_ps(*v);
-    // Two chains per row (chunks 0..3 and 4..7) halve the vpdpbusd latency
-    // chain (measured ~7 % faster at 8 rows on 8960 x 1536 Q4_K); Q6S needs
-    // them for its two half-block scales anyway. The sums are exact integers,
-    // so the result equals the scalar reference either way.
-    let split = true;
     let nsb = nb.div_ceil(8);
     for g in g0..g1 {
         let mut acc = [_mm512_setzero_ps(); MT];
@@ -226,13 +221,13 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                     ai[i] = _mm512_dpbusd_epi32(ai[i], u[j], bcast4(qp[i].add(4 * j)));
                 }
             }
+            // A second chain per row (chunks 4..7) halves the vpdpbusd
+            // latency chain (~7 % faster at 8 rows on 8960 x 1536 Q4_K); Q6S
+            // needs it for its two half-block scales anyway. The sums are exact
+            // integers, so the result equals the scalar reference.
             for j in 4..8 {
                 for i in 0..MT {
-                    if split {
-                        ai2[i] = _mm512_dpbusd_epi32(ai2[i], u[j], bcast4(qp[i].add(4 * j)));
-                    } else {
-                        ai[i] = _mm512_dpbusd_epi32(ai[i], u[j], bcast4(qp[i].add(4 * j)));
-                    }
+                    ai2[i] = _mm512_dpbusd_epi32(ai2[i], u[j], bcast4(qp[i].add(4 * j)));
                 }
             }
             match KIND {
@@ -241,7 +236,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                     let s = _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(so) as *const _));
                     for i in 0..MT {
                         let da = bf(a.d.as_ptr().add((r0 + i) * nb + b));
-                        let tot = if split { _mm512_add_epi32(ai[i], ai2[i]) } else { ai[i] };
+                        let tot = _mm512_add_epi32(ai[i], ai2[i]);
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(s, da), acc[i]);
                     }
                 }
@@ -257,7 +252,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                     for i in 0..MT {
                         let rb_ = (r0 + i) * nb + b;
                         let da = bf(a.d.as_ptr().add(rb_));
-                        let tot = if split { _mm512_add_epi32(ai[i], ai2[i]) } else { ai[i] };
+                        let tot = _mm512_add_epi32(ai[i], ai2[i]);
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(s, da), acc[i]);
                         acc[i] = _mm512_fnmadd_ps(m, bf(a.dsum.as_ptr().add(rb_)), acc[i]);
                     }
