@@ -1,12 +1,17 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use specdec_engine::generate::{generate as run_generate, GenStats};
+use specdec_engine::models::deepseek2::Mtp;
+use specdec_engine::models::head::load_head;
 use specdec_engine::sampler::SamplingParams;
+use specdec_engine::spec::auto::AutoDrafter;
 use specdec_engine::spec::model_drafter::{check_vocab_compat, ModelDrafter};
+use specdec_engine::spec::mtp::{MtpDrafter, MtpHead};
 use specdec_engine::spec::ngram::NgramDrafter;
 use specdec_engine::spec::suffix::SuffixDrafter;
 use specdec_engine::spec::{generate_spec, Controller, Drafter, SpecStats};
@@ -121,18 +126,56 @@ pub fn make_drafter(
             let ctx = target.model.max_context().min(draft.model.max_context()).min(8192);
             Some(Box::new(ModelDrafter::new(draft.model, params.clone(), ctx, path.display().to_string())))
         }
-        "mtp" => {
-            let mtp = specdec_engine::models::deepseek2::Mtp::load(
-                target.file.clone(),
-                target.pool.clone(),
-                target.force_f32,
-            )
-            .map_err(|e| anyhow::anyhow!("--drafter mtp needs a DeepSeek-V3/R1 model with its MTP module: {e}"))?;
-            let ctx = target.model.max_context().min(1 << 16);
-            Some(Box::new(specdec_engine::spec::mtp::MtpDrafter::new(std::sync::Arc::new(mtp), ctx)))
+        "mtp" => Some(Box::new(mtp_drafter(target, None)?)),
+        d if d.starts_with("mtp:") => Some(Box::new(mtp_drafter(target, Some(Path::new(&d["mtp:".len()..])))?)),
+        "auto" => Some(Box::new(AutoDrafter::new(SuffixDrafter::default(), mtp_drafter(target, None)?))),
+        d if d.starts_with("auto:") => Some(Box::new(AutoDrafter::new(
+            SuffixDrafter::default(),
+            mtp_drafter(target, Some(Path::new(&d["auto:".len()..])))?,
+        ))),
+        other => {
+            bail!("unknown drafter {other:?}: use none, ngram, suffix, mtp, mtp:PATH, auto, auto:PATH or model:PATH")
         }
-        other => bail!("unknown drafter {other:?}: use none, ngram, suffix, mtp or model:PATH"),
     })
+}
+
+/// Where a shipped head for `model` lives: `assets/heads/<file stem>.mtp.gguf`
+/// under the current directory or a directory above the executable (a
+/// checkout's `target/release/specdec` finds the repository's heads).
+pub fn shipped_head(model: &Path) -> Option<PathBuf> {
+    let stem = model.file_stem()?.to_string_lossy().to_string();
+    let rel = PathBuf::from("assets/heads").join(format!("{stem}.mtp.gguf"));
+    let mut roots = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots.into_iter().map(|r| r.join(&rel)).find(|p| p.is_file())
+}
+
+/// The MTP drafter: a head file when `head` is given; otherwise the model's
+/// own MTP module (DeepSeek-V3/R1), else the head shipped for this model.
+pub fn mtp_drafter(target: &Loaded, head: Option<&Path>) -> Result<MtpDrafter> {
+    let ctx = target.model.max_context().min(1 << 16);
+    let (module, label): (Arc<dyn MtpHead>, String) = match head {
+        Some(path) => (load_head_file(target, path)?, format!("mtp:{}", path.display())),
+        None => match Mtp::load(target.file.clone(), target.pool.clone(), target.force_f32) {
+            Ok(m) => (Arc::new(m), "mtp".into()),
+            Err(native) => match shipped_head(&target.file.path) {
+                Some(path) => (load_head_file(target, &path)?, format!("mtp:{}", path.display())),
+                None => bail!(
+                    "this model has no MTP module ({native}) and no head was found at assets/heads/; \
+                     train one with `specdec distill` and pass it as --drafter mtp:PATH"
+                ),
+            },
+        },
+    };
+    Ok(MtpDrafter::new(module, ctx, label))
+}
+
+fn load_head_file(target: &Loaded, path: &Path) -> Result<Arc<dyn MtpHead>> {
+    let file = GgufFile::open(path).with_context(|| format!("opening MTP head {}", path.display()))?;
+    load_head(target.file.clone(), &file, target.pool.clone(), target.force_f32)
+        .with_context(|| format!("MTP head {}", path.display()))
 }
 
 pub fn controller(args: &SpecArgs) -> Result<Controller> {

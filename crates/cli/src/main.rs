@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod commands;
+mod distill;
 mod serve;
 
 use std::path::PathBuf;
@@ -58,8 +59,11 @@ pub struct SampleArgs {
 pub struct SpecArgs {
     /// Drafter: none (plain decoding), ngram (prompt lookup), suffix (suffix
     /// trie over prompt, output and earlier outputs), mtp (the model's own
-    /// Multi-Token-Prediction module: DeepSeek-V3/R1), or model:PATH (a draft
-    /// model sharing the target's vocabulary).
+    /// Multi-Token-Prediction module: DeepSeek-V3/R1; for other models the
+    /// head shipped in assets/heads/), mtp:PATH (a head made by `specdec
+    /// distill`), auto or auto:PATH (per step a long suffix match, else the
+    /// MTP head), or model:PATH (a draft model sharing the target's
+    /// vocabulary).
     #[arg(long, default_value = "none")]
     pub drafter: String,
     /// Most draft tokens per step; the adaptive controller picks k <= this.
@@ -137,6 +141,14 @@ enum Cmd {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Train an MTP draft head for the model from the model itself
+    /// (self-distillation; use it with --drafter mtp:PATH or auto:PATH).
+    Distill {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        opts: distill::Options,
+    },
     /// Print token ids of text.
     Tokenize {
         #[command(flatten)]
@@ -196,6 +208,7 @@ fn main() {
         Cmd::Inspect { model, tensors } => commands::inspect(&model, tensors),
         Cmd::Profile { model, json, reps, synthetic } => commands::profile(&model, json, reps, synthetic.as_deref()),
         Cmd::Serve { model, opts } => serve::serve(&model, opts),
+        Cmd::Distill { model, opts } => distill::distill(&model, &opts),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

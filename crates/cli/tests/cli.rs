@@ -202,3 +202,57 @@ fn chat_answers_each_turn_with_stats() {
     assert_eq!(err.matches("tok/s, mean acceptance length").count(), 2, "{err}");
     assert!(err.contains("[conversation cleared]"), "{err}");
 }
+
+#[test]
+fn distill_writes_a_head_that_drafts_losslessly() {
+    let dir = tmp("distill");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tiny = dir.join("tiny.gguf");
+    std::fs::write(&tiny, specdec_engine::fixtures::tiny_gemma3(2, &|_, _| {})).unwrap();
+    let data = dir.join("data.txt");
+    std::fs::write(&data, "hello abc ab c a he llo b\n".repeat(200)).unwrap();
+    let head = dir.join("tiny.mtp.gguf");
+    let (t, d, h) = (tiny.to_str().unwrap(), data.to_str().unwrap(), head.to_str().unwrap());
+    let (ok, out, err) =
+        run(&["distill", "--model", t, "--data", d, "--out", h, "--steps", "4", "--seq-len", "8", "--batch", "2"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote") && head.is_file(), "{out}");
+
+    // Greedy output is the same with the head, alone and in auto.
+    let gen = |drafter: &str| {
+        let (ok, out, err) = run(&[
+            "generate",
+            "--model",
+            t,
+            "--prompt",
+            "hello abc",
+            "--max-tokens",
+            "24",
+            "--json",
+            "--drafter",
+            drafter,
+        ]);
+        assert!(ok, "{drafter}: {err}");
+        let v: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        v["output_ids"].clone()
+    };
+    let plain = gen("none");
+    assert_eq!(gen(&format!("mtp:{h}")), plain);
+    assert_eq!(gen(&format!("auto:{h}")), plain);
+
+    // A head is not a model, a missing head is a clear error, and a head for
+    // another model is refused.
+    let (ok, _, err) = run(&["generate", "--model", h, "--prompt", "x"]);
+    assert!(!ok && err.contains("MTP head, not a model"), "{err}");
+    let (ok, _, err) = run(&["generate", "--model", t, "--prompt", "x", "--drafter", "mtp:/nonexistent.gguf"]);
+    assert!(!ok && err.contains("/nonexistent.gguf"), "{err}");
+    let other = dir.join("other.gguf");
+    std::fs::write(&other, specdec_engine::fixtures::tiny_gemma3(3, &|_, _| {})).unwrap();
+    let o = other.to_str().unwrap();
+    let (ok, _, err) = run(&["generate", "--model", o, "--prompt", "x", "--drafter", &format!("mtp:{h}")]);
+    assert!(!ok && err.contains("trained for another model"), "{err}");
+    // Bad settings are refused before training.
+    let (ok, _, err) = run(&["distill", "--model", t, "--data", d, "--out", h, "--seq-len", "4096"]);
+    assert!(!ok && err.contains("--seq-len"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

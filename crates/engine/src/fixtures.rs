@@ -102,3 +102,37 @@ pub fn tiny_gemma3(seed: u64, edit: Edit) -> Vec<u8> {
     }
     w.to_bytes()
 }
+
+/// A random-weight MTP head file for `target` (a Gemma 3 model) scoring
+/// `vocab`, as GGUF bytes: real enough to draft (badly) through every code
+/// path of `--drafter mtp:PATH`.
+pub fn random_head(target: &specdec_gguf::GgufFile, vocab: Vec<u32>, seed: u64) -> Result<Vec<u8>, crate::EngineError> {
+    use crate::models::head::{block_tensors, head_shape, quantize_q8_0, HeadMeta};
+    let shape = head_shape(target)?;
+    let d = shape.n_embd;
+    let mut rng = crate::rng::Rng::new(seed);
+    let mut w = GgufWriter::new();
+    for (k, v) in HeadMeta::for_target(target, vocab)?.to_kv() {
+        w.kv(&k, v);
+    }
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("nextn.enorm.weight".into(), vec![d]),
+        ("nextn.hnorm.weight".into(), vec![d]),
+        ("nextn.eh_proj.weight".into(), vec![2 * d, d]),
+    ];
+    tensors.extend(block_tensors(&shape).into_iter().map(|(n, dims)| (format!("blk.0.{n}"), dims)));
+    tensors.push(("nextn.shared_head_norm.weight".into(), vec![d]));
+    for (name, dims) in tensors {
+        let n: usize = dims.iter().product();
+        let gd: Vec<u64> = dims.iter().map(|&x| x as u64).collect();
+        if dims.len() == 2 {
+            let scale = 1.0 / (dims[0] as f32).sqrt();
+            let v: Vec<f32> = (0..n).map(|_| (rng.uniform() as f32 * 2.0 - 1.0) * scale).collect();
+            w.tensor(&name, &gd, GgmlType::Q8_0, quantize_q8_0(&v));
+        } else {
+            let v: Vec<f32> = (0..n).map(|_| 0.5 + rng.uniform() as f32).collect();
+            w.tensor(&name, &gd, GgmlType::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        }
+    }
+    Ok(w.to_bytes())
+}

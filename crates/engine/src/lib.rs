@@ -165,6 +165,11 @@ pub fn load_file(
     opts: &LoadOptions,
     progress: &dyn Fn(usize, usize),
 ) -> Result<Loaded, EngineError> {
+    if file.header.get("general.architecture").and_then(specdec_gguf::Value::as_str) == Some(models::head::HEAD_ARCH) {
+        return Err(EngineError::Unsupported(
+            "this file is a specdec MTP head, not a model: use it with --drafter mtp:PATH".into(),
+        ));
+    }
     let tokenizer = Tokenizer::from_gguf(&file.header)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)

@@ -161,6 +161,7 @@ fn deepseek_v3_safetensors_matches_transformers() {
 #[test]
 fn deepseek_mtp_matches_reference() {
     use specdec_engine::models::deepseek2::Mtp;
+    use specdec_engine::spec::mtp::MtpHead;
     let g = golden("deepseek_v3");
     let gm = &g["mtp"];
     for hf in [false, true] {
@@ -213,7 +214,7 @@ fn mtp_drafter_is_lossless() {
             let plain = generate(m, &prompt, 40, &p, &none, &mut |_| {}).unwrap().tokens;
             for ctl in [1, 2, 4].map(Controller::fixed).into_iter().chain([Controller::new(4)]) {
                 let mut ctl = ctl;
-                let mut d = MtpDrafter::new(mtp.clone(), 256);
+                let mut d = MtpDrafter::new(mtp.clone(), 256, "mtp".into());
                 d.min_confidence = 0.0;
                 let out = generate_spec(m, &mut d, &mut ctl, &prompt, 40, &p, &none, &mut |_| {}).unwrap();
                 assert_eq!(
@@ -236,7 +237,7 @@ fn mtp_drafter_is_lossless() {
 #[test]
 fn session_hands_over_hidden_states_by_position() {
     use specdec_engine::models::deepseek2::Mtp;
-    use specdec_engine::spec::mtp::MtpDrafter;
+    use specdec_engine::spec::mtp::{MtpDrafter, MtpHead};
     use specdec_engine::spec::{Draft, Drafter};
     struct Spy {
         inner: MtpDrafter,
@@ -272,7 +273,7 @@ fn session_hands_over_hidden_states_by_position() {
     let m = l.model.as_ref();
     let mtp = std::sync::Arc::new(Mtp::load(l.file.clone(), l.pool.clone(), true).unwrap());
     let d = mtp.n_embd();
-    let mut spy = Spy { inner: MtpDrafter::new(mtp, 256), seen: vec![], first_draft: None };
+    let mut spy = Spy { inner: MtpDrafter::new(mtp, 256, "mtp".into()), seen: vec![], first_draft: None };
     spy.inner.min_confidence = 0.0;
     let mut ctl = Controller::fixed(3);
     let p = SamplingParams::default();

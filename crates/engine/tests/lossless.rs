@@ -5,13 +5,17 @@
 mod common;
 
 use specdec_engine::generate::generate;
+use specdec_engine::models::head::load_head;
 use specdec_engine::sampler::SamplingParams;
+use specdec_engine::spec::auto::AutoDrafter;
 use specdec_engine::spec::model_drafter::ModelDrafter;
+use specdec_engine::spec::mtp::MtpDrafter;
 use specdec_engine::spec::ngram::NgramDrafter;
 use specdec_engine::spec::suffix::SuffixDrafter;
 use specdec_engine::spec::testing::{AdversarialDrafter, OracleDrafter, RandomDrafter};
 use specdec_engine::spec::{generate_spec, Controller, Drafter};
 use specdec_engine::{Loaded, Model};
+use specdec_gguf::GgufFile;
 
 fn plain(m: &dyn Model, prompt: &[u32], n: usize, p: &SamplingParams, eog: &dyn Fn(u32) -> bool) -> Vec<u32> {
     generate(m, prompt, n, p, eog, &mut |_| {}).unwrap().tokens
@@ -30,6 +34,15 @@ fn drafters(l: &Loaded, reference: &[u32], draft_model: Option<Box<dyn Model>>) 
     if let Some(m) = draft_model {
         d.push(Box::new(ModelDrafter::new(m, SamplingParams::default(), 512, "draft".into())));
     }
+    // An MTP head (random weights: it drafts badly, through every code path)
+    // alone and inside `auto`.
+    let vocab: Vec<u32> = (0..v.min(4096)).rev().collect();
+    let bytes = specdec_engine::fixtures::random_head(&l.file, vocab, 7).unwrap();
+    let head_file = GgufFile::from_bytes(bytes, "random-head").unwrap();
+    let head = load_head(l.file.clone(), &head_file, l.pool.clone(), false).unwrap();
+    let ctx = 1024;
+    d.push(Box::new(MtpDrafter::new(head.clone(), ctx, "mtp:random".into())));
+    d.push(Box::new(AutoDrafter::new(SuffixDrafter::default(), MtpDrafter::new(head, ctx, "mtp:random".into()))));
     d
 }
 

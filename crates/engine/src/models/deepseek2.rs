@@ -701,24 +701,19 @@ impl Mtp {
             core,
         })
     }
+}
 
-    pub fn vocab_size(&self) -> usize {
-        self.core.cfg.n_vocab
-    }
-
-    pub fn n_embd(&self) -> usize {
+impl crate::spec::mtp::MtpHead for Mtp {
+    fn n_embd(&self) -> usize {
         self.core.cfg.n_embd
     }
-
-    /// The module's own cache (one layer), position-aligned with the target's.
-    pub fn new_cache(&self, capacity: usize) -> KvCache {
+    fn new_cache(&self, capacity: usize) -> KvCache {
         self.core.new_cache(capacity)
     }
-
-    /// Rows j at positions `cache.len() + j`, each the target hidden
-    /// `hidden[j]` with the token `next[j]` that followed it. Returns the
-    /// logits of the rows asked for and every row's post-norm hidden state.
-    pub fn forward(
+    fn token(&self, index: usize) -> Option<u32> {
+        (index < self.core.cfg.n_vocab).then_some(index as u32)
+    }
+    fn forward(
         &self,
         cache: &mut KvCache,
         next: &[u32],

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
-use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, reserve, split_logits, store_kv,
@@ -40,7 +40,55 @@ pub struct Config {
 }
 
 impl Config {
-    fn is_local(&self, layer: usize) -> bool {
+    /// The hyperparameters of a `gemma3` file and its embedding table.
+    pub fn read(w: &WeightSource) -> Result<(Config, specdec_gguf::TensorInfo), EngineError> {
+        let n_embd = w.usize("embedding_length", 1..=1 << 16)?;
+        let n_layers = w.usize("block_count", 1..=512)?;
+        let n_ff = w.usize("feed_forward_length", 1..=1 << 20)?;
+        let n_head = w.usize("attention.head_count", 1..=1024)?;
+        let n_head_kv = w.usize_or("attention.head_count_kv", 1..=1024, n_head)?;
+        if n_head % n_head_kv != 0 {
+            return Err(EngineError::Metadata {
+                key: "gemma3.attention.head_count_kv".into(),
+                problem: format!("{n_head_kv} does not divide head_count {n_head}"),
+            });
+        }
+        let head_dim = w.usize_or("attention.key_length", 1..=4096, n_embd / n_head)?;
+        let v_dim = w.usize_or("attention.value_length", 1..=4096, head_dim)?;
+        if v_dim != head_dim || head_dim % 2 != 0 {
+            return Err(EngineError::Metadata {
+                key: "gemma3.attention.value_length".into(),
+                problem: format!("key length {head_dim} and value length {v_dim} must be equal and even"),
+            });
+        }
+        let ctx = w.usize("context_length", 1..=1 << 24)?;
+        let eps = w.f32_or("attention.layer_norm_rms_epsilon", 1e-6)?;
+        let rope_base_global = w.f32_or("rope.freq_base", 1_000_000.0)?;
+        let window = w.usize_or("attention.sliding_window", 1..=1 << 24, 512)?;
+        let final_softcap = w.f32_or("final_logit_softcapping", 0.0).ok().filter(|&v| v > 0.0);
+        let embd = embedding_table(w.file, n_embd)?;
+        let n_vocab = embd.dims[1] as usize;
+        let cfg = Config {
+            n_embd,
+            n_layers,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            ctx,
+            eps,
+            rope_base_global,
+            rope_base_local: 10_000.0,
+            window,
+            swa_period: 6,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            final_softcap,
+        };
+        Ok((cfg, embd))
+    }
+
+    pub fn is_local(&self, layer: usize) -> bool {
         self.swa_period > 0 && !(layer + 1).is_multiple_of(self.swa_period)
     }
 }
@@ -59,6 +107,30 @@ struct Layer {
     up: PackedMatrix,
     down: PackedMatrix,
     post_ffn_norm: Vec<f32>,
+}
+
+impl Layer {
+    /// The block whose tensors are named `{prefix}attn_q.weight` etc.
+    fn load(w: &WeightSource, prefix: &str, c: &Config) -> Result<Layer, EngineError> {
+        let (d, hd, ff) = (c.n_embd, c.head_dim, c.n_ff);
+        let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
+        let p = |s: &str| format!("{prefix}{s}");
+        Ok(Layer {
+            attn_norm: w.vector(&p("attn_norm.weight"), d)?,
+            q_norm: w.vector(&p("attn_q_norm.weight"), hd)?,
+            k_norm: w.vector(&p("attn_k_norm.weight"), hd)?,
+            wq: w.matrix(&p("attn_q.weight"), q_dim, d)?,
+            wk: w.matrix(&p("attn_k.weight"), kv_dim, d)?,
+            wv: w.matrix(&p("attn_v.weight"), kv_dim, d)?,
+            wo: w.matrix(&p("attn_output.weight"), d, q_dim)?,
+            post_attn_norm: w.vector(&p("post_attention_norm.weight"), d)?,
+            ffn_norm: w.vector(&p("ffn_norm.weight"), d)?,
+            gate: w.matrix(&p("ffn_gate.weight"), ff, d)?,
+            up: w.matrix(&p("ffn_up.weight"), ff, d)?,
+            down: w.matrix(&p("ffn_down.weight"), d, ff)?,
+            post_ffn_norm: w.vector(&p("post_ffw_norm.weight"), d)?,
+        })
+    }
 }
 
 pub struct Gemma3 {
@@ -84,69 +156,14 @@ impl Gemma3 {
     ) -> Result<Gemma3, EngineError> {
         let mut w = WeightSource::new(&file)?;
         w.force_f32 = force_f32;
-        let n_embd = w.usize("embedding_length", 1..=1 << 16)?;
-        let n_layers = w.usize("block_count", 1..=512)?;
-        let n_ff = w.usize("feed_forward_length", 1..=1 << 20)?;
-        let n_head = w.usize("attention.head_count", 1..=1024)?;
-        let n_head_kv = w.usize_or("attention.head_count_kv", 1..=1024, n_head)?;
-        if n_head % n_head_kv != 0 {
-            return Err(EngineError::Metadata {
-                key: "gemma3.attention.head_count_kv".into(),
-                problem: format!("{n_head_kv} does not divide head_count {n_head}"),
-            });
-        }
-        let head_dim = w.usize_or("attention.key_length", 1..=4096, n_embd / n_head)?;
-        let v_dim = w.usize_or("attention.value_length", 1..=4096, head_dim)?;
-        if v_dim != head_dim || head_dim % 2 != 0 {
-            return Err(EngineError::Metadata {
-                key: "gemma3.attention.value_length".into(),
-                problem: format!("key length {head_dim} and value length {v_dim} must be equal and even"),
-            });
-        }
-        let ctx = w.usize("context_length", 1..=1 << 24)?;
-        let eps = w.f32_or("attention.layer_norm_rms_epsilon", 1e-6)?;
-        let rope_base_global = w.f32_or("rope.freq_base", 1_000_000.0)?;
-        let window = w.usize_or("attention.sliding_window", 1..=1 << 24, 512)?;
-        let final_softcap = w.f32_or("final_logit_softcapping", 0.0).ok().filter(|&v| v > 0.0);
-        let embd = embedding_table(&file, n_embd)?;
-        let n_vocab = embd.dims[1] as usize;
-        let cfg = Config {
-            n_embd,
-            n_layers,
-            n_ff,
-            n_head,
-            n_head_kv,
-            head_dim,
-            n_vocab,
-            ctx,
-            eps,
-            rope_base_global,
-            rope_base_local: 10_000.0,
-            window,
-            swa_period: 6,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            final_softcap,
-        };
-        let (q_dim, kv_dim) = (n_head * head_dim, n_head_kv * head_dim);
+        let (cfg, embd) = Config::read(&w)?;
+        let n_layers = cfg.n_layers;
+        let n_embd = cfg.n_embd;
+        let n_vocab = cfg.n_vocab;
         let mut layers = Vec::with_capacity(n_layers);
         for i in 0..n_layers {
             progress(i, n_layers + 1);
-            let p = |s: &str| format!("blk.{i}.{s}");
-            layers.push(Layer {
-                attn_norm: w.vector(&p("attn_norm.weight"), n_embd)?,
-                q_norm: w.vector(&p("attn_q_norm.weight"), head_dim)?,
-                k_norm: w.vector(&p("attn_k_norm.weight"), head_dim)?,
-                wq: w.matrix(&p("attn_q.weight"), q_dim, n_embd)?,
-                wk: w.matrix(&p("attn_k.weight"), kv_dim, n_embd)?,
-                wv: w.matrix(&p("attn_v.weight"), kv_dim, n_embd)?,
-                wo: w.matrix(&p("attn_output.weight"), n_embd, q_dim)?,
-                post_attn_norm: w.vector(&p("post_attention_norm.weight"), n_embd)?,
-                ffn_norm: w.vector(&p("ffn_norm.weight"), n_embd)?,
-                gate: w.matrix(&p("ffn_gate.weight"), n_ff, n_embd)?,
-                up: w.matrix(&p("ffn_up.weight"), n_ff, n_embd)?,
-                down: w.matrix(&p("ffn_down.weight"), n_embd, n_ff)?,
-                post_ffn_norm: w.vector(&p("post_ffw_norm.weight"), n_embd)?,
-            });
+            layers.push(Layer::load(&w, &format!("blk.{i}."), &cfg)?);
         }
         progress(n_layers, n_layers + 1);
         let out_norm = w.vector("output_norm.weight", n_embd)?;
@@ -161,8 +178,8 @@ impl Gemma3 {
             }
         }
         Ok(Gemma3 {
-            rope_local: Rope::new(head_dim, cfg.rope_base_local),
-            rope_global: Rope::new(head_dim, cfg.rope_base_global),
+            rope_local: Rope::new(cfg.head_dim, cfg.rope_base_local),
+            rope_global: Rope::new(cfg.head_dim, cfg.rope_base_global),
             cfg,
             file,
             embd,
@@ -175,31 +192,16 @@ impl Gemma3 {
         })
     }
 
-    fn mm(&self, x: &[f32], m: usize, qa: &mut ActScratch, jobs: &mut [MatmulJob]) {
-        matmul(&self.pool, self.isa, x, m, qa, jobs);
-    }
-}
-
-impl Model for Gemma3 {
-    fn vocab_size(&self) -> usize {
-        self.cfg.n_vocab
-    }
-    fn max_context(&self) -> usize {
-        self.cfg.ctx
-    }
-    fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.cfg.n_layers, self.cfg.n_head_kv * self.cfg.head_dim, capacity.min(self.cfg.ctx))
-    }
-
-    fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
-        forward_one(self, cache, tokens, rows)
-    }
-
-    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
+    /// The batched pass. `x0` replaces the scaled embedding rows (the MTP
+    /// head's combined input); `hidden` receives every row's post-norm hidden
+    /// state. Callers check the items first.
+    fn run(
+        &self,
+        items: &mut [BatchItem],
+        x0: Option<Vec<f32>>,
+        hidden: Option<&mut Vec<f32>>,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let c = &self.cfg;
-        for it in items.iter() {
-            check_item(self, it)?;
-        }
         let rows = Rows::of(items);
         let m = rows.len();
         if m == 0 {
@@ -209,9 +211,10 @@ impl Model for Gemma3 {
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
 
         // x[m x d] = embedding rows * sqrt(d)
-        let mut x = embed(&self.file, &self.embd, &rows.ids)?;
-        let s = (d as f32).sqrt();
-        x.iter_mut().for_each(|v| *v *= s);
+        let mut x = match x0 {
+            Some(x) => x,
+            None => self.embed_rows(&rows.ids)?,
+        };
         reserve(items);
 
         let mut qa = ActScratch::default();
@@ -290,6 +293,11 @@ impl Model for Gemma3 {
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
 
+        if let Some(hs) = hidden {
+            hs.clear();
+            hs.extend_from_slice(&x);
+            rmsnorm_rows(hs, &self.out_norm, c.eps);
+        }
         let (mut xs, per_seq) = finish_rows(items, &x, d);
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let n_out: usize = per_seq.iter().sum();
@@ -298,6 +306,54 @@ impl Model for Gemma3 {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
         Ok(split_logits(logits, &per_seq, c.n_vocab))
+    }
+
+    /// Embedding rows of `ids` as the first layer sees them (scaled by sqrt(d)).
+    pub fn embed_rows(&self, ids: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let mut x = embed(&self.file, &self.embd, ids)?;
+        let s = (self.cfg.n_embd as f32).sqrt();
+        x.iter_mut().for_each(|v| *v *= s);
+        Ok(x)
+    }
+
+    fn mm(&self, x: &[f32], m: usize, qa: &mut ActScratch, jobs: &mut [MatmulJob]) {
+        matmul(&self.pool, self.isa, x, m, qa, jobs);
+    }
+}
+
+impl Model for Gemma3 {
+    fn vocab_size(&self) -> usize {
+        self.cfg.n_vocab
+    }
+    fn max_context(&self) -> usize {
+        self.cfg.ctx
+    }
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.cfg.n_layers, self.cfg.n_head_kv * self.cfg.head_dim, capacity.min(self.cfg.ctx))
+    }
+
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
+        forward_one(self, cache, tokens, rows)
+    }
+
+    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
+        for it in items.iter() {
+            check_item(self, it)?;
+        }
+        self.run(items, None, None)
+    }
+
+    fn forward_hidden(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
+        let mut items = [BatchItem { cache, tokens, rows }];
+        check_item(self, &items[0])?;
+        let mut hidden = Vec::new();
+        let mut logits = self.run(&mut items, None, Some(&mut hidden))?;
+        Ok((logits.pop().unwrap_or_default(), hidden))
     }
 
     fn weight_bytes_per_token(&self) -> usize {
@@ -319,5 +375,130 @@ impl Model for Gemma3 {
             "gemma3: {} layers, hidden {}, ff {}, heads {}/{} x {}, vocab {}, window {}",
             c.n_layers, c.n_embd, c.n_ff, c.n_head, c.n_head_kv, c.head_dim, c.n_vocab, c.window
         )
+    }
+}
+
+/// A self-distilled MTP head for a Gemma 3 target (see `models::head`): one
+/// sliding-window Gemma 3 block between the input projection and the target's
+/// output rows of the draft vocabulary.
+pub struct Gemma3Head {
+    /// The block as a one-layer model: the target's embedding table, the
+    /// head's final norm and the draft vocabulary's output rows.
+    core: Gemma3,
+    enorm: Vec<f32>,
+    hnorm: Vec<f32>,
+    eh_proj: PackedMatrix,
+    vocab: Vec<u32>,
+}
+
+impl Gemma3Head {
+    pub fn load(
+        target: Arc<GgufFile>,
+        head: &GgufFile,
+        meta: super::head::HeadMeta,
+        pool: Arc<Pool>,
+        force_f32: bool,
+    ) -> Result<Gemma3Head, EngineError> {
+        let (mut cfg, embd) = Config::read(&WeightSource::new(&target)?)?;
+        let d = cfg.n_embd;
+        let mut w = WeightSource::new(head)?;
+        w.force_f32 = force_f32;
+        let layer = Layer::load(&w, "blk.0.", &cfg)?;
+        let output = gather_rows(&target, &meta.vocab, d, force_f32)?;
+        cfg.n_layers = 1; // layer 0 is a sliding-window layer
+        cfg.n_vocab = meta.vocab.len();
+        cfg.final_softcap = None;
+        let core = Gemma3 {
+            rope_local: Rope::new(cfg.head_dim, cfg.rope_base_local),
+            rope_global: Rope::new(cfg.head_dim, cfg.rope_base_global),
+            cfg,
+            file: target,
+            embd,
+            layers: vec![layer],
+            out_norm: w.vector("nextn.shared_head_norm.weight", d)?,
+            output,
+            pool,
+            isa: isa(),
+            weight_bytes: 0,
+        };
+        Ok(Gemma3Head {
+            enorm: w.vector("nextn.enorm.weight", d)?,
+            hnorm: w.vector("nextn.hnorm.weight", d)?,
+            eh_proj: w.matrix("nextn.eh_proj.weight", d, 2 * d)?,
+            core,
+            vocab: meta.vocab,
+        })
+    }
+}
+
+/// The target's output rows of `vocab`, packed in their stored format.
+fn gather_rows(target: &GgufFile, vocab: &[u32], d: usize, force_f32: bool) -> Result<PackedMatrix, EngineError> {
+    let name = if target.header.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+    let t = target.header.tensor(name).ok_or_else(|| EngineError::MissingTensor(name.into()))?;
+    if t.dims.len() != 2 || t.dims[0] != d as u64 {
+        return Err(EngineError::TensorShape { name: name.into(), want: vec![d as u64, 0], found: t.dims.clone() });
+    }
+    let n_rows = t.dims[1] as usize;
+    let row_bytes = t.n_bytes as usize / n_rows;
+    let data = target.tensor_data(t);
+    let mut rows = Vec::with_capacity(vocab.len() * row_bytes);
+    for &id in vocab {
+        let id = id as usize;
+        if id >= n_rows {
+            return Err(EngineError::TokenOutOfRange { id: id as u32, vocab: n_rows });
+        }
+        rows.extend_from_slice(&data[id * row_bytes..(id + 1) * row_bytes]);
+    }
+    let kind = if force_f32 { PackedKind::F32 } else { PackedKind::for_type(t.ty) };
+    PackedMatrix::from_gguf_as(t.ty, &rows, vocab.len(), d, kind)
+        .map_err(|e| EngineError::Tensor(name.into(), e.to_string()))
+}
+
+impl crate::spec::mtp::MtpHead for Gemma3Head {
+    fn n_embd(&self) -> usize {
+        self.core.cfg.n_embd
+    }
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        self.core.new_cache(capacity)
+    }
+    fn token(&self, index: usize) -> Option<u32> {
+        self.vocab.get(index).copied()
+    }
+    fn forward(
+        &self,
+        cache: &mut KvCache,
+        next: &[u32],
+        hidden: &[f32],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
+        let c = &self.core.cfg;
+        let d = c.n_embd;
+        if hidden.len() != next.len() * d {
+            return Err(EngineError::Tensor(
+                "mtp input".into(),
+                format!("{} hidden floats for {} tokens", hidden.len(), next.len()),
+            ));
+        }
+        let need = cache.len() + next.len();
+        if need > cache.capacity {
+            return Err(EngineError::ContextFull { need, capacity: cache.capacity });
+        }
+        let m = next.len();
+        let e = self.core.embed_rows(next)?;
+        let mut cat = vec![0f32; m * 2 * d];
+        for i in 0..m {
+            let (a, b) = cat[i * 2 * d..(i + 1) * 2 * d].split_at_mut(d);
+            a.copy_from_slice(&e[i * d..(i + 1) * d]);
+            rmsnorm(a, &self.enorm, c.eps);
+            b.copy_from_slice(&hidden[i * d..(i + 1) * d]);
+            rmsnorm(b, &self.hnorm, c.eps);
+        }
+        let mut x = vec![0f32; m * d];
+        let mut qa = ActScratch::default();
+        self.core.mm(&cat, m, &mut qa, &mut [MatmulJob { w: &self.eh_proj, out: &mut x }]);
+        let mut items = [BatchItem { cache, tokens: next, rows }];
+        let mut hs = Vec::new();
+        let mut logits = self.core.run(&mut items, Some(x), Some(&mut hs))?;
+        Ok((logits.pop().unwrap_or_default(), hs))
     }
 }

@@ -1,8 +1,9 @@
 //! One file per architecture; each serves every weight format.
 
-mod common;
+pub(crate) mod common;
 pub mod deepseek2;
 pub mod gemma3;
+pub mod head;
 pub mod llama;
 
 use std::sync::Arc;

@@ -11,6 +11,7 @@
 //! depend on how many rows share the pass) and the verifier only ever emits
 //! the target's own choice.
 
+pub mod auto;
 pub mod controller;
 pub mod drafter;
 pub mod generate;

@@ -1,5 +1,5 @@
-//! The MTP drafter: DeepSeek's Multi-Token-Prediction module proposes from the
-//! target's own hidden states.
+//! The MTP drafter: a Multi-Token-Prediction module (DeepSeek's own, or a
+//! head made by `specdec distill`) proposes from the target's hidden states.
 //!
 //! After every verified pass the session hands over the target's post-norm
 //! hidden state of each emitted position (`observe_hidden`); the module runs
@@ -15,12 +15,33 @@ use std::sync::Arc;
 
 use super::model_drafter::top_prob;
 use super::{Draft, Drafter};
-use crate::models::deepseek2::Mtp;
 use crate::sampler::argmax;
-use crate::{KvCache, LogitRows};
+use crate::{EngineError, KvCache, LogitRows};
+
+/// A module that predicts the token after next from the target's post-norm
+/// hidden state and the next token.
+pub trait MtpHead: Send + Sync {
+    fn n_embd(&self) -> usize;
+    /// The module's own cache, position-aligned with the target's.
+    fn new_cache(&self, capacity: usize) -> KvCache;
+    /// The target token of logit `index` (heads with a reduced draft
+    /// vocabulary map their rows back; None past the end).
+    fn token(&self, index: usize) -> Option<u32>;
+    /// Rows j at positions `cache.len() + j`, each the target hidden
+    /// `hidden[j]` with the token `next[j]` that followed it. Returns the
+    /// logits of the rows asked for and every row's post-norm hidden state.
+    fn forward(
+        &self,
+        cache: &mut KvCache,
+        next: &[u32],
+        hidden: &[f32],
+        rows: LogitRows,
+    ) -> Result<(Vec<f32>, Vec<f32>), EngineError>;
+}
 
 pub struct MtpDrafter {
-    mtp: Arc<Mtp>,
+    mtp: Arc<dyn MtpHead>,
+    label: String,
     cache: KvCache,
     /// Logits and post-norm hidden of the module's last row (predicting the
     /// token after the context), if up to date.
@@ -30,15 +51,16 @@ pub struct MtpDrafter {
 }
 
 impl MtpDrafter {
-    pub fn new(mtp: Arc<Mtp>, ctx: usize) -> MtpDrafter {
+    /// `label` names the module in `name()` ("mtp" or "mtp:PATH").
+    pub fn new(mtp: Arc<dyn MtpHead>, ctx: usize, label: String) -> MtpDrafter {
         let cache = mtp.new_cache(ctx);
-        MtpDrafter { mtp, cache, head: None, min_confidence: 0.2 }
+        MtpDrafter { mtp, label, cache, head: None, min_confidence: 0.2 }
     }
 }
 
 impl Drafter for MtpDrafter {
     fn name(&self) -> String {
-        "mtp".into()
+        self.label.clone()
     }
     fn begin(&mut self, _prompt: &[u32]) {
         self.cache.truncate(0);
@@ -70,10 +92,7 @@ impl Drafter for MtpDrafter {
             if conf < self.min_confidence && i > 0 {
                 break;
             }
-            let t = argmax(&logits);
-            if t as usize >= self.mtp.vocab_size() {
-                break;
-            }
+            let Some(t) = self.mtp.token(argmax(&logits) as usize) else { break };
             d.tokens.push(t);
             d.confidence.push(conf);
             if i + 1 < k {

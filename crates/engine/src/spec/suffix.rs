@@ -117,6 +117,8 @@ pub struct SuffixDrafter {
     output_start: usize,
     context_len: usize,
     outputs: Vec<u32>,
+    /// Length of the suffix match the last proposal started from (0: none).
+    pub last_match_len: usize,
 }
 
 impl SuffixDrafter {
@@ -128,6 +130,7 @@ impl SuffixDrafter {
             max_history_nodes: 4_000_000,
             output_start: 0,
             context_len: 0,
+            last_match_len: 0,
             outputs: Vec::new(),
         }
     }
@@ -164,6 +167,7 @@ impl Drafter for SuffixDrafter {
 
     fn propose(&mut self, ctx: &[u32], k: usize) -> Draft {
         let mut d = Draft::default();
+        self.last_match_len = 0;
         if k == 0 {
             return d;
         }
@@ -179,12 +183,15 @@ impl Drafter for SuffixDrafter {
             let req = self.request.longest_match(&ext);
             let hist = self.history.longest_match(&ext);
             // Prefer the longer match; the request's own text on ties.
-            let (trie, node) = match (req, hist) {
-                (Some((_, rl)), Some((hn, hl))) if hl > rl => (&self.history, hn),
-                (Some((rn, _)), _) => (&self.request, rn),
-                (None, Some((hn, _))) => (&self.history, hn),
+            let (trie, node, len) = match (req, hist) {
+                (Some((_, rl)), Some((hn, hl))) if hl > rl => (&self.history, hn, hl),
+                (Some((rn, rl)), _) => (&self.request, rn, rl),
+                (None, Some((hn, hl))) => (&self.history, hn, hl),
                 (None, None) => break,
             };
+            if d.tokens.is_empty() {
+                self.last_match_len = len;
+            }
             let before = d.tokens.len();
             if !trie.walk(node, k, self.min_prob, &mut p, &mut d) || d.tokens.len() == before {
                 break;

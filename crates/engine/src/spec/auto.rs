@@ -1,0 +1,65 @@
+//! `--drafter auto`: per step, the better of a suffix match and an MTP head.
+//!
+//! A long suffix match (text the request or earlier outputs already contain:
+//! RAG, summarization, code edits) predicts many tokens nearly for free, so it
+//! wins when it exists; otherwise the MTP head drafts. Both parts see every
+//! step (the suffix trie every token, the head every verified hidden state),
+//! so either can take over at the next step. Drafts are deterministic, and
+//! the adaptive controller trims whichever was chosen.
+
+use super::mtp::MtpDrafter;
+use super::suffix::SuffixDrafter;
+use super::{Draft, Drafter};
+
+pub struct AutoDrafter {
+    pub suffix: SuffixDrafter,
+    pub mtp: MtpDrafter,
+    /// The suffix draft is used when its match is at least this long.
+    pub min_match: usize,
+    /// Steps drafted by each part (suffix, mtp), for reports.
+    pub chosen: [usize; 2],
+}
+
+impl AutoDrafter {
+    pub fn new(suffix: SuffixDrafter, mtp: MtpDrafter) -> AutoDrafter {
+        AutoDrafter { suffix, mtp, min_match: 3, chosen: [0; 2] }
+    }
+}
+
+impl Drafter for AutoDrafter {
+    fn name(&self) -> String {
+        format!("auto({}+{})", self.suffix.name(), self.mtp.name())
+    }
+    fn begin(&mut self, prompt: &[u32]) {
+        self.suffix.begin(prompt);
+        self.mtp.begin(prompt);
+    }
+    fn propose(&mut self, context: &[u32], k: usize) -> Draft {
+        let s = self.suffix.propose(context, k);
+        if !s.is_empty() && self.suffix.last_match_len >= self.min_match {
+            self.chosen[0] += 1;
+            return s;
+        }
+        let m = self.mtp.propose(context, k);
+        if m.is_empty() {
+            self.chosen[0] += usize::from(!s.is_empty());
+            return s;
+        }
+        self.chosen[1] += 1;
+        m
+    }
+    fn accept(&mut self, new_tokens: &[u32]) {
+        self.suffix.accept(new_tokens);
+        self.mtp.accept(new_tokens);
+    }
+    fn end(&mut self) {
+        self.suffix.end();
+        self.mtp.end();
+    }
+    fn wants_hidden(&self) -> bool {
+        true
+    }
+    fn observe_hidden(&mut self, pos0: usize, hidden: &[f32], next: &[u32]) {
+        self.mtp.observe_hidden(pos0, hidden, next);
+    }
+}
