@@ -45,6 +45,28 @@ pub fn embed(file: &GgufFile, embd: &TensorInfo, ids: &[u32]) -> Result<Vec<f32>
     Ok(x)
 }
 
+/// The input rows of an MTP module, [enorm(e_j); hnorm(h_j)] (embedding
+/// first, 2d wide), from the next tokens' embedding rows `e` and the target's
+/// post-norm hidden states, `d = enorm.len()` floats per row each.
+pub fn mtp_input(e: &[f32], hidden: &[f32], enorm: &[f32], hnorm: &[f32], eps: f32) -> Result<Vec<f32>, EngineError> {
+    let d = enorm.len();
+    if hidden.len() != e.len() {
+        return Err(EngineError::Tensor(
+            "mtp input".into(),
+            format!("{} hidden floats for {} tokens", hidden.len(), e.len() / d.max(1)),
+        ));
+    }
+    let mut cat = vec![0f32; 2 * e.len()];
+    for ((row, e), h) in cat.chunks_exact_mut(2 * d).zip(e.chunks_exact(d)).zip(hidden.chunks_exact(d)) {
+        let (a, b) = row.split_at_mut(d);
+        a.copy_from_slice(e);
+        specdec_kernels::ops::rmsnorm(a, enorm, eps);
+        b.copy_from_slice(h);
+        specdec_kernels::ops::rmsnorm(b, hnorm, eps);
+    }
+    Ok(cat)
+}
+
 /// The rows of a batched pass, sequence after sequence: row r is token
 /// `ids[r]` of sequence `seq[r]` at position `pos[r]`.
 pub struct Rows {

@@ -29,8 +29,8 @@ use specdec_kernels::ops::{rmsnorm, rmsnorm_rows, rope_norm, rope_table, silu_mu
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
 
 use super::common::{
-    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, reserve, split_logits, store_kv,
-    AttnShape, Rows,
+    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, mtp_input, reserve, split_logits,
+    store_kv, AttnShape, Rows,
 };
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -722,22 +722,8 @@ impl crate::spec::mtp::MtpHead for Mtp {
     ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
         let c = &self.core.cfg;
         let d = c.n_embd;
-        if hidden.len() != next.len() * d {
-            return Err(EngineError::Tensor(
-                "mtp input".into(),
-                format!("{} hidden floats for {} tokens", hidden.len(), next.len()),
-            ));
-        }
         let m = next.len();
-        let e = self.core.embed(next)?;
-        let mut cat = vec![0f32; m * 2 * d];
-        for i in 0..m {
-            let (a, b) = cat[i * 2 * d..(i + 1) * 2 * d].split_at_mut(d);
-            a.copy_from_slice(&e[i * d..(i + 1) * d]);
-            rmsnorm(a, &self.enorm, c.eps);
-            b.copy_from_slice(&hidden[i * d..(i + 1) * d]);
-            rmsnorm(b, &self.hnorm, c.eps);
-        }
+        let cat = mtp_input(&self.core.embed(next)?, hidden, &self.enorm, &self.hnorm, c.eps)?;
         let mut x = vec![0f32; m * d];
         let mut qa = ActScratch::default();
         matmul(&self.core.pool, self.core.isa, &cat, m, &mut qa, &mut [MatmulJob { w: &self.eh_proj, out: &mut x }]);

@@ -13,8 +13,8 @@ use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_tabl
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
 
 use super::common::{
-    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, reserve, split_logits, store_kv,
-    AttnShape, Rows,
+    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, mtp_input, reserve, split_logits,
+    store_kv, AttnShape, Rows,
 };
 
 use crate::weights::WeightSource;
@@ -473,26 +473,12 @@ impl crate::spec::mtp::MtpHead for Gemma3Head {
     ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
         let c = &self.core.cfg;
         let d = c.n_embd;
-        if hidden.len() != next.len() * d {
-            return Err(EngineError::Tensor(
-                "mtp input".into(),
-                format!("{} hidden floats for {} tokens", hidden.len(), next.len()),
-            ));
-        }
         let need = cache.len() + next.len();
         if need > cache.capacity {
             return Err(EngineError::ContextFull { need, capacity: cache.capacity });
         }
         let m = next.len();
-        let e = self.core.embed_rows(next)?;
-        let mut cat = vec![0f32; m * 2 * d];
-        for i in 0..m {
-            let (a, b) = cat[i * 2 * d..(i + 1) * 2 * d].split_at_mut(d);
-            a.copy_from_slice(&e[i * d..(i + 1) * d]);
-            rmsnorm(a, &self.enorm, c.eps);
-            b.copy_from_slice(&hidden[i * d..(i + 1) * d]);
-            rmsnorm(b, &self.hnorm, c.eps);
-        }
+        let cat = mtp_input(&self.core.embed_rows(next)?, hidden, &self.enorm, &self.hnorm, c.eps)?;
         let mut x = vec![0f32; m * d];
         let mut qa = ActScratch::default();
         self.core.mm(&cat, m, &mut qa, &mut [MatmulJob { w: &self.eh_proj, out: &mut x }]);
