@@ -156,7 +156,13 @@ pub fn shipped_head(model: &Path) -> Option<PathBuf> {
 /// own MTP module (DeepSeek-V3/R1), else the head shipped for this model.
 pub fn mtp_drafter(target: &Loaded, head: Option<&Path>) -> Result<MtpDrafter> {
     let ctx = target.model.max_context().min(1 << 16);
-    let (module, label): (Arc<dyn MtpHead>, String) = match head {
+    let (module, label) = mtp_module(target, head)?;
+    Ok(MtpDrafter::new(module, ctx, label))
+}
+
+/// The MTP module `mtp_drafter` drafts with, and its label.
+pub fn mtp_module(target: &Loaded, head: Option<&Path>) -> Result<(Arc<dyn MtpHead>, String)> {
+    Ok(match head {
         Some(path) => (load_head_file(target, path)?, format!("mtp:{}", path.display())),
         None => match Mtp::load(target.file.clone(), target.pool.clone(), target.force_f32) {
             Ok(m) => (Arc::new(m), "mtp".into()),
@@ -168,8 +174,7 @@ pub fn mtp_drafter(target: &Loaded, head: Option<&Path>) -> Result<MtpDrafter> {
                 ),
             },
         },
-    };
-    Ok(MtpDrafter::new(module, ctx, label))
+    })
 }
 
 fn load_head_file(target: &Loaded, path: &Path) -> Result<Arc<dyn MtpHead>> {

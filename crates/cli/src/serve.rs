@@ -1,12 +1,13 @@
 //! `specdec serve`: loads the model and runs the HTTP server until SIGTERM or Ctrl-C.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use specdec_server::engine::DrafterKind;
 use specdec_server::{serve as run_server, ServerConfig};
 
-use crate::commands::{load_model, model_path};
+use crate::commands::{load_model, model_path, mtp_module};
 use crate::ModelArgs;
 
 #[derive(clap::Args)]
@@ -30,7 +31,8 @@ pub struct Options {
     /// Context per sequence, prompt plus output (capped by the model's).
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
-    /// Drafter: none, ngram or suffix (requests may turn speculation off
+    /// Drafter: none, ngram, suffix, mtp[:HEAD] or auto[:HEAD] (as for
+    /// `generate`; requests may turn speculation off
     /// with {"specdec": {"speculate": false}} or cap it with "draft_max").
     #[arg(long, default_value = "ngram")]
     drafter: String,
@@ -46,8 +48,11 @@ pub struct Options {
 }
 
 pub fn serve(margs: &ModelArgs, o: Options) -> Result<()> {
-    let drafter = DrafterKind::parse(&o.drafter)
-        .with_context(|| format!("unknown drafter {:?} for the server: use none, ngram or suffix", o.drafter))?;
+    let d = o.drafter.as_str();
+    let mtp_like = ["mtp", "auto"].contains(&d) || d.starts_with("mtp:") || d.starts_with("auto:");
+    if !mtp_like && DrafterKind::parse(d).is_none() {
+        bail!("unknown drafter {d:?} for the server: use none, ngram, suffix, mtp[:HEAD] or auto[:HEAD]");
+    }
     if o.max_concurrent == 0 || o.max_concurrent > 256 {
         bail!("--max-concurrent must be in 1..=256");
     }
@@ -62,6 +67,18 @@ pub fn serve(margs: &ModelArgs, o: Options) -> Result<()> {
         path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "specdec".into())
     });
     let loaded = Arc::new(load_model(margs, false)?);
+    let drafter = match o.drafter.as_str() {
+        d @ ("mtp" | "auto") => {
+            let (head, label) = mtp_module(&loaded, None)?;
+            DrafterKind::Mtp { head, label, auto: d == "auto" }
+        }
+        d if d.starts_with("mtp:") || d.starts_with("auto:") => {
+            let (kind, path) = d.split_once(':').unwrap_or_default();
+            let (head, label) = mtp_module(&loaded, Some(Path::new(path)))?;
+            DrafterKind::Mtp { head, label, auto: kind == "auto" }
+        }
+        d => DrafterKind::parse(d).with_context(|| format!("unknown drafter {d:?}"))?,
+    };
     let api_key = o.api_key.or_else(|| std::env::var("SPECDEC_API_KEY").ok()).filter(|k| !k.is_empty());
     let cfg = ServerConfig {
         model_id,

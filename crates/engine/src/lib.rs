@@ -74,6 +74,9 @@ pub enum LogitRows {
     Last,
     /// Every row (verification needs them all).
     All,
+    /// No row: the pass only fills the cache (a prompt chunk that is not the
+    /// last, an MTP head catching up on verified positions).
+    None,
 }
 
 /// A causal language model.
@@ -105,6 +108,22 @@ pub trait Model: Send + Sync {
     ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
         let _ = (cache, tokens, rows);
         Err(EngineError::Unsupported(format!("{} does not expose hidden states", self.describe())))
+    }
+    /// As `forward_batch`, also returning each sequence's post-norm hidden
+    /// states (every row, `n_embd` floats each), for MTP drafters in a server.
+    #[allow(clippy::type_complexity)]
+    fn forward_batch_hidden(&self, items: &mut [BatchItem]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), EngineError> {
+        for it in items.iter() {
+            check_item(self, it)?;
+        }
+        let mut logits = Vec::with_capacity(items.len());
+        let mut hidden = Vec::with_capacity(items.len());
+        for it in items.iter_mut() {
+            let (l, h) = self.forward_hidden(it.cache, it.tokens, it.rows)?;
+            logits.push(l);
+            hidden.push(h);
+        }
+        Ok((logits, hidden))
     }
     /// Weight bytes one decode step reads, as stored in the file.
     fn weight_bytes_per_token(&self) -> usize;

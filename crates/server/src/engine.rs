@@ -16,6 +16,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use specdec_engine::sampler::SamplingParams;
+use specdec_engine::spec::auto::AutoDrafter;
+use specdec_engine::spec::mtp::{MtpDrafter, MtpHead};
 use specdec_engine::spec::ngram::NgramDrafter;
 use specdec_engine::spec::suffix::SuffixDrafter;
 use specdec_engine::spec::{Controller, Drafter, Pass, Session, SpecStats};
@@ -25,15 +27,29 @@ use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 
-/// Which training-free drafter the server uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which drafter the server uses; each request gets its own instance.
+#[derive(Clone)]
 pub enum DrafterKind {
     None,
     Ngram,
     Suffix,
+    /// An MTP module or self-distilled head (`label` names it), alone or,
+    /// with `auto`, inside the auto drafter next to a suffix drafter.
+    Mtp {
+        head: Arc<dyn MtpHead>,
+        label: String,
+        auto: bool,
+    },
+}
+
+impl std::fmt::Debug for DrafterKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
 }
 
 impl DrafterKind {
+    /// The training-free drafters by name (MTP drafters need a loaded head).
     pub fn parse(s: &str) -> Option<DrafterKind> {
         match s {
             "none" => Some(DrafterKind::None),
@@ -42,11 +58,29 @@ impl DrafterKind {
             _ => None,
         }
     }
-    fn make(self) -> Box<dyn Drafter + Send> {
+    pub fn name(&self) -> String {
+        match self {
+            DrafterKind::None => "none".into(),
+            DrafterKind::Ngram => "ngram".into(),
+            DrafterKind::Suffix => "suffix".into(),
+            DrafterKind::Mtp { label, auto: false, .. } => label.clone(),
+            DrafterKind::Mtp { label, auto: true, .. } => format!("auto({label})"),
+        }
+    }
+    /// A drafter for one request whose positions stay below `ctx`.
+    fn make(&self, ctx: usize) -> Box<dyn Drafter + Send> {
         match self {
             DrafterKind::None => Box::new(NoDraft),
             DrafterKind::Ngram => Box::new(NgramDrafter::default()),
             DrafterKind::Suffix => Box::new(SuffixDrafter::default()),
+            DrafterKind::Mtp { head, label, auto } => {
+                let mtp = MtpDrafter::new(head.clone(), ctx, label.clone());
+                if *auto {
+                    Box::new(AutoDrafter::new(SuffixDrafter::default(), mtp))
+                } else {
+                    Box::new(mtp)
+                }
+            }
         }
     }
 }
@@ -179,8 +213,10 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             while active.len() < cfg.max_concurrent {
                 let Some(job) = q.pop_front() else { break };
                 let k_max = job.draft_max.unwrap_or(cfg.draft_max).min(cfg.draft_max.max(1));
-                let speculated = job.speculate && cfg.drafter != DrafterKind::None;
-                let drafter = if speculated { cfg.drafter.make() } else { DrafterKind::None.make() };
+                let speculated = job.speculate && !matches!(cfg.drafter, DrafterKind::None);
+                // An MTP head's cache covers every position the target's may reach.
+                let positions = job.prompt.len() + job.max_new + k_max + 1;
+                let drafter = if speculated { cfg.drafter.make(positions) } else { Box::new(NoDraft) };
                 let ctl = Controller::new(k_max.max(1));
                 match Session::new(model, &job.prompt, job.max_new, if speculated { k_max } else { 0 }, &job.params) {
                     Ok(session) => {
@@ -248,19 +284,37 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
                     .unwrap_or(Pass { tokens: vec![], rows: specdec_engine::LogitRows::Last })
             })
             .collect();
+        // MTP drafters build on the target's hidden states of every row.
+        let want_hidden = active.iter().any(|a| a.drafter.wants_hidden());
         let t = Instant::now();
         let mut items: Vec<BatchItem> = active
             .iter_mut()
             .zip(&passes)
             .map(|(a, p)| BatchItem { cache: &mut a.session.cache, tokens: &p.tokens, rows: p.rows })
             .collect();
-        let results: Vec<Result<Vec<f32>, String>> = match model.forward_batch(&mut items) {
-            Ok(all) => all.into_iter().map(Ok).collect(),
-            // Find the culprit: each sequence alone (a failed batch changed no cache).
-            Err(_) => items
-                .iter_mut()
-                .map(|it| model.forward(it.cache, it.tokens, it.rows).map_err(|e| e.to_string()))
-                .collect(),
+        type Out = Result<(Vec<f32>, Option<Vec<f32>>), String>;
+        let results: Vec<Out> = if want_hidden {
+            match model.forward_batch_hidden(&mut items) {
+                Ok((logits, hidden)) => logits.into_iter().zip(hidden).map(|(l, h)| Ok((l, Some(h)))).collect(),
+                Err(_) => items
+                    .iter_mut()
+                    .map(|it| {
+                        model
+                            .forward_hidden(it.cache, it.tokens, it.rows)
+                            .map(|(l, h)| (l, Some(h)))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect(),
+            }
+        } else {
+            match model.forward_batch(&mut items) {
+                Ok(all) => all.into_iter().map(|l| Ok((l, None))).collect(),
+                // Find the culprit: each sequence alone (a failed batch changed no cache).
+                Err(_) => items
+                    .iter_mut()
+                    .map(|it| model.forward(it.cache, it.tokens, it.rows).map(|l| (l, None)).map_err(|e| e.to_string()))
+                    .collect(),
+            }
         };
         drop(items);
         let secs = t.elapsed().as_secs_f64();
@@ -276,8 +330,10 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
                     metrics.failed();
                     true
                 }
-                Ok(logits) => guarded(a, &metrics, f, |a| finish_step(a, &logits, secs, model, tok, &is_eog, &metrics))
-                    .unwrap_or(true),
+                Ok((logits, hidden)) => guarded(a, &metrics, f, |a| {
+                    finish_step(a, &logits, hidden.as_deref(), secs, model, tok, &is_eog, &metrics)
+                })
+                .unwrap_or(true),
             };
         }
         let mut i = 0;
@@ -310,6 +366,7 @@ fn guarded<R>(a: &mut Active, metrics: &Metrics, failed: &mut bool, f: impl FnOn
 fn finish_step(
     a: &mut Active,
     logits: &[f32],
+    hidden: Option<&[f32]>,
     secs: f64,
     model: &dyn specdec_engine::Model,
     tok: &specdec_tokenizer::Tokenizer,
@@ -317,7 +374,7 @@ fn finish_step(
     metrics: &Metrics,
 ) -> bool {
     let before = a.session.spec.clone();
-    let new = a.session.absorb(model, logits, None, secs, a.drafter.as_mut(), &mut a.ctl, is_eog);
+    let new = a.session.absorb(model, logits, hidden, secs, a.drafter.as_mut(), &mut a.ctl, is_eog);
     metrics.spec_step(&before, &a.session.spec);
     let now = Instant::now();
     if !new.is_empty() {

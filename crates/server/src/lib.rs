@@ -129,7 +129,7 @@ pub async fn serve(
     let engine = {
         let (l, q, m) = (loaded.clone(), queue.clone(), metrics.clone());
         let ecfg = EngineConfig {
-            drafter: cfg.drafter,
+            drafter: cfg.drafter.clone(),
             draft_max: cfg.draft_max,
             max_concurrent: cfg.max_concurrent,
             step_delay: cfg.step_delay,

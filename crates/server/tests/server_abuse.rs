@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use specdec_engine::fixtures::tiny_gemma3;
 use specdec_engine::{load, LoadOptions};
+use specdec_server::engine::DrafterKind;
 use specdec_server::{serve, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -22,12 +23,18 @@ struct TestServer {
 
 impl TestServer {
     async fn start(cfg: ServerConfig) -> TestServer {
+        TestServer::start_with(|_| cfg).await
+    }
+
+    /// Starts with a config made from the loaded model (e.g. an MTP head for it).
+    async fn start_with(make: impl FnOnce(&Arc<specdec_engine::Loaded>) -> ServerConfig) -> TestServer {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let path = std::env::temp_dir().join(format!("specdec-server-test-{}-{n}.gguf", std::process::id()));
         std::fs::write(&path, tiny_gemma3(7, &|_, _| {})).unwrap();
         let loaded = Arc::new(load(&path, &LoadOptions { threads: 1, force_f32: false }, &|_, _| {}).unwrap());
         let _ = std::fs::remove_file(&path);
+        let cfg = make(&loaded);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -664,4 +671,62 @@ async fn concurrent_requests_get_the_text_they_get_alone() {
     }
     assert_idle(a).await;
     srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtp_and_auto_drafters_are_lossless_in_the_server() {
+    for auto in [false, true] {
+        let srv = TestServer::start_with(|l| {
+            // A random-weight head over a reduced vocabulary: it drafts badly,
+            // through every code path (hidden states handed over per sequence
+            // from one batched pass).
+            let vocab: Vec<u32> = (0..l.model.vocab_size() as u32).rev().step_by(2).collect();
+            let bytes = specdec_engine::fixtures::random_head(&l.file, vocab, 11).unwrap();
+            let file = specdec_gguf::GgufFile::from_bytes(bytes, "random-head").unwrap();
+            let head = specdec_engine::models::head::load_head(l.file.clone(), &file, l.pool.clone(), false).unwrap();
+            let drafter = DrafterKind::Mtp { head, label: "mtp:random".into(), auto };
+            ServerConfig { drafter, ..cfg() }
+        })
+        .await;
+        let a = srv.addr;
+        let prompts = ["hello hello abc hello", "abcabcabc abc", "\u{2581}a b c d e"];
+        let body = |p: &str, speculate: bool| json!({"prompt": p, "max_tokens": 48, "temperature": 0, "specdec": {"speculate": speculate}});
+        let mut want = Vec::new();
+        for p in prompts {
+            let r = post(a, "/v1/completions", &body(p, false)).await;
+            assert_eq!(r.status, 200);
+            want.push(r.json()["choices"][0]["text"].as_str().unwrap().to_string());
+        }
+        // Concurrently, so one batched pass carries several sequences' rows.
+        let got = futures_join(prompts.iter().map(|p| {
+            let b = body(p, true);
+            async move { post(a, "/v1/completions", &b).await }
+        }))
+        .await;
+        let mut drafted = 0.0;
+        for ((r, w), p) in got.iter().zip(&want).zip(prompts) {
+            assert_eq!(r.status, 200);
+            let v = r.json();
+            assert_eq!(v["choices"][0]["text"].as_str().unwrap(), w, "auto={auto}: {p:?} differs from plain");
+            assert_eq!(v["specdec"]["speculative"], json!(true));
+            drafted += v["specdec"]["num_drafts"].as_f64().unwrap_or(0.0);
+        }
+        assert!(drafted > 0.0, "auto={auto}: nothing was drafted");
+        assert_idle(a).await;
+        srv.shutdown().await;
+    }
+}
+
+/// Awaits all futures concurrently (in order of the results).
+async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
 }

@@ -186,6 +186,7 @@ pub fn finish_rows(items: &mut [BatchItem], x: &[f32], d: usize) -> (Vec<f32>, V
         let first = match it.rows {
             LogitRows::All => 0,
             LogitRows::Last => n.saturating_sub(1),
+            LogitRows::None => n,
         };
         let nr = if n == 0 { 0 } else { n - first };
         xs.extend_from_slice(&x[(r0 + first) * d..(r0 + first + nr) * d]);

@@ -481,6 +481,11 @@ impl DeepSeek2 {
         Ok(split_logits(logits, &per_seq, c.n_vocab))
     }
 
+    /// Logits of `m` post-norm hidden rows.
+    fn logits(&self, xs: &[f32], m: usize) -> Vec<f32> {
+        matmul_alloc(&self.pool, self.isa, xs, m, &mut ActScratch::default(), &self.output)
+    }
+
     /// Embedding rows of `ids`.
     fn embed(&self, ids: &[u32]) -> Result<Vec<f32>, EngineError> {
         embed(&self.file, &self.embd, ids)
@@ -604,6 +609,25 @@ impl Model for DeepSeek2 {
 
     fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
         self.run(items, None, None)
+    }
+
+    fn forward_batch_hidden(&self, items: &mut [BatchItem]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), EngineError> {
+        for it in items.iter() {
+            check_item(self, it)?;
+        }
+        let mut hidden = Vec::new();
+        let logits = self.run(items, None, Some(&mut hidden))?;
+        let d = self.cfg.n_embd;
+        let mut at = 0;
+        let per_item = items
+            .iter()
+            .map(|it| {
+                let h = hidden[at..at + it.tokens.len() * d].to_vec();
+                at += it.tokens.len() * d;
+                h
+            })
+            .collect();
+        Ok((logits, per_item))
     }
 
     fn forward_hidden(
@@ -731,5 +755,9 @@ impl crate::spec::mtp::MtpHead for Mtp {
         let mut hs = Vec::new();
         let mut logits = self.core.run(&mut items, Some(x), Some(&mut hs))?;
         Ok((logits.pop().unwrap_or_default(), hs))
+    }
+    fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        let m = hidden.len() / self.core.cfg.n_embd;
+        self.core.logits(&hidden[..m * self.core.cfg.n_embd], m)
     }
 }

@@ -301,11 +301,17 @@ impl Gemma3 {
         let (mut xs, per_seq) = finish_rows(items, &x, d);
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let n_out: usize = per_seq.iter().sum();
-        let mut logits = matmul_alloc(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output);
-        if let Some(cap) = c.final_softcap {
+        let logits = self.logits(&xs, n_out, &mut qa);
+        Ok(split_logits(logits, &per_seq, c.n_vocab))
+    }
+
+    /// Logits of `m` post-norm hidden rows.
+    fn logits(&self, xs: &[f32], m: usize, qa: &mut ActScratch) -> Vec<f32> {
+        let mut logits = matmul_alloc(&self.pool, self.isa, xs, m, qa, &self.output);
+        if let Some(cap) = self.cfg.final_softcap {
             logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
         }
-        Ok(split_logits(logits, &per_seq, c.n_vocab))
+        logits
     }
 
     /// Embedding rows of `ids` as the first layer sees them (scaled by sqrt(d)).
@@ -341,6 +347,25 @@ impl Model for Gemma3 {
             check_item(self, it)?;
         }
         self.run(items, None, None)
+    }
+
+    fn forward_batch_hidden(&self, items: &mut [BatchItem]) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), EngineError> {
+        for it in items.iter() {
+            check_item(self, it)?;
+        }
+        let mut hidden = Vec::new();
+        let logits = self.run(items, None, Some(&mut hidden))?;
+        let d = self.cfg.n_embd;
+        let mut at = 0;
+        let per_item = items
+            .iter()
+            .map(|it| {
+                let h = hidden[at..at + it.tokens.len() * d].to_vec();
+                at += it.tokens.len() * d;
+                h
+            })
+            .collect();
+        Ok((logits, per_item))
     }
 
     fn forward_hidden(
@@ -486,5 +511,9 @@ impl crate::spec::mtp::MtpHead for Gemma3Head {
         let mut hs = Vec::new();
         let mut logits = self.core.run(&mut items, Some(x), Some(&mut hs))?;
         Ok((logits.pop().unwrap_or_default(), hs))
+    }
+    fn logits(&self, hidden: &[f32]) -> Vec<f32> {
+        let m = hidden.len() / self.core.cfg.n_embd;
+        self.core.logits(&hidden[..m * self.core.cfg.n_embd], m, &mut ActScratch::default())
     }
 }

@@ -49,7 +49,7 @@ impl Drafter for AutoDrafter {
             return s;
         }
         self.chosen[1] += 1;
-        m
+        Draft { source: 1, ..m }
     }
     fn accept(&mut self, new_tokens: &[u32]) {
         self.suffix.accept(new_tokens);
@@ -64,5 +64,47 @@ impl Drafter for AutoDrafter {
     }
     fn observe_hidden(&mut self, pos0: usize, hidden: &[f32], next: &[u32]) {
         self.mtp.observe_hidden(pos0, hidden, next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fixtures::{random_head, tiny_gemma3};
+    use crate::models::head::load_head;
+    use crate::rng::Rng;
+    use crate::{load_file, LoadOptions};
+    use specdec_gguf::GgufFile;
+
+    #[test]
+    fn a_suffix_match_drafts_otherwise_the_head() {
+        let target = Arc::new(GgufFile::from_bytes(tiny_gemma3(3, &|_, _| {}), "tiny").unwrap());
+        let l = load_file(target.clone(), &LoadOptions { threads: 1, force_f32: false }, &|_, _| {}).unwrap();
+        let vocab: Vec<u32> = (0..l.model.vocab_size() as u32).collect();
+        let head = GgufFile::from_bytes(random_head(&target, vocab, 5).unwrap(), "head").unwrap();
+        let head = load_head(target, &head, l.pool.clone(), false).unwrap();
+        let d = head.n_embd();
+        let mut auto = AutoDrafter::new(SuffixDrafter::default(), MtpDrafter::new(head, 256, "mtp".into()));
+        let mut rng = Rng::new(9);
+        let mut hidden =
+            |rows: usize| -> Vec<f32> { (0..rows * d).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect() };
+        // A prompt whose last token never occurred before: no suffix match.
+        let mut ctx: Vec<u32> = (3..40).collect();
+        auto.begin(&ctx);
+        // Hidden state j is followed by token j + 1, as the session hands them over.
+        auto.observe_hidden(0, &hidden(ctx.len() - 1), &ctx[1..]);
+        let draft = auto.propose(&ctx, 4);
+        assert!(!draft.is_empty() && draft.source == 1, "no match: the head drafts ({draft:?})");
+        assert_eq!(auto.chosen, [0, 1]);
+        // Repeat an earlier token: the suffix trie continues it.
+        ctx.push(10);
+        auto.observe_hidden(ctx.len() - 2, &hidden(1), &[10]);
+        auto.accept(&[10]);
+        let draft = auto.propose(&ctx, 4);
+        assert_eq!(draft.source, 0);
+        assert_eq!(draft.tokens.first(), Some(&11), "the suffix continues 10 with 11");
+        assert_eq!(auto.chosen, [1, 1]);
     }
 }

@@ -9,6 +9,9 @@ pub struct Draft {
     pub q: Vec<Vec<(u32, f32)>>,
     /// The drafter's confidence in each token (0..1), for the controller.
     pub confidence: Vec<f32>,
+    /// Which of a combined drafter's sources made the draft (0 for drafters
+    /// with one source); the controller keeps statistics per source.
+    pub source: usize,
 }
 
 impl Draft {

@@ -148,7 +148,9 @@ impl Session {
             // Until prefilled, the cache holds exactly the prompt's first tokens.
             let done = self.cache.len();
             let end = self.prompt_len.min(done.saturating_add(self.prefill_chunk.max(1)));
-            return Pass { tokens: self.ctx[done..end].to_vec(), rows: LogitRows::Last };
+            // Only the prompt's last row needs logits (the first token).
+            let rows = if end < self.prompt_len { LogitRows::None } else { LogitRows::Last };
+            return Pass { tokens: self.ctx[done..end].to_vec(), rows };
         }
         let remaining = self.max_new - self.out.len();
         // Never draft past the token budget: the bonus always comes on top.
@@ -160,12 +162,12 @@ impl Session {
             let dt = td.elapsed().as_secs_f64();
             self.spec.draft_s += dt;
             d.truncate(budget);
-            ctl.observe_draft(d.len(), dt);
+            ctl.observe_draft(d.source, d.len(), dt);
             d
         } else {
             Draft::default()
         };
-        let k = ctl.choose(&draft.confidence);
+        let k = ctl.choose(&draft);
         draft.truncate(k);
         if !draft.q.is_empty() && draft.q.len() != draft.len() {
             draft.q.clear();
@@ -238,7 +240,7 @@ impl Session {
             })
             .collect();
         let v = verify(&draft.tokens, &draft.q, &p, &mut self.rng);
-        ctl.observe(k, v.accepted, secs);
+        ctl.observe(draft.source, k, v.accepted, secs);
         self.cache.truncate(self.base + 1 + v.accepted);
         if k > 0 {
             self.spec.num_drafts += 1;
@@ -309,6 +311,7 @@ pub fn generate_spec(
         return Ok(SpecOutput { tokens: Vec::new(), stats, spec, stopped_on_eog: false });
     }
     let mut s = Session::new(model, prompt, max_new, ctl.max_k, params)?;
+    ctl.begin_request();
     while !s.is_done() {
         let pass = s.plan(model, drafter, ctl);
         let t = Instant::now();

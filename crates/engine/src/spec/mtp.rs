@@ -37,15 +37,18 @@ pub trait MtpHead: Send + Sync {
         hidden: &[f32],
         rows: LogitRows,
     ) -> Result<(Vec<f32>, Vec<f32>), EngineError>;
+    /// Logits of post-norm hidden rows (as `forward` returns them): what
+    /// `forward` would have given for those rows, bit for bit.
+    fn logits(&self, hidden: &[f32]) -> Vec<f32>;
 }
 
 pub struct MtpDrafter {
     mtp: Arc<dyn MtpHead>,
     label: String,
     cache: KvCache,
-    /// Logits and post-norm hidden of the module's last row (predicting the
-    /// token after the context), if up to date.
-    head: Option<(Vec<f32>, Vec<f32>)>,
+    /// Post-norm hidden of the module's last row (predicting the token after
+    /// the context) and, once asked for, its logits; None when stale.
+    head: Option<(Option<Vec<f32>>, Vec<f32>)>,
     /// Stop chaining when the module's top probability falls below this.
     pub min_confidence: f32,
 }
@@ -78,15 +81,18 @@ impl Drafter for MtpDrafter {
         }
         self.cache.truncate(pos0);
         let d = self.mtp.n_embd();
-        if let Ok((logits, hs)) = self.mtp.forward(&mut self.cache, next, hidden, LogitRows::Last) {
+        // Logits wait for `propose`: a combined drafter may not need them.
+        if let Ok((_, hs)) = self.mtp.forward(&mut self.cache, next, hidden, LogitRows::None) {
             let last = hs[(next.len() - 1) * d..].to_vec();
-            self.head = Some((logits, last));
+            self.head = Some((None, last));
         }
     }
 
     fn propose(&mut self, _ctx: &[u32], k: usize) -> Draft {
         let mut d = Draft::default();
-        let Some((mut logits, mut hidden)) = self.head.clone() else { return d };
+        let Some((logits, hidden)) = self.head.as_mut() else { return d };
+        let logits = logits.get_or_insert_with(|| self.mtp.logits(hidden));
+        let (mut logits, mut hidden) = (logits.clone(), hidden.clone());
         for i in 0..k {
             let conf = top_prob(&logits);
             if conf < self.min_confidence && i > 0 {

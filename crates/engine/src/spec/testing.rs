@@ -23,7 +23,7 @@ impl Drafter for RandomDrafter {
     fn accept(&mut self, _: &[u32]) {}
     fn propose(&mut self, _: &[u32], k: usize) -> Draft {
         let tokens: Vec<u32> = (0..k).map(|_| (self.rng.next_u64() % self.vocab as u64) as u32).collect();
-        Draft { confidence: vec![1.0; tokens.len()], tokens, q: vec![] }
+        Draft { confidence: vec![1.0; tokens.len()], tokens, ..Default::default() }
     }
 }
 
@@ -51,7 +51,7 @@ impl Drafter for OracleDrafter {
     fn propose(&mut self, ctx: &[u32], k: usize) -> Draft {
         let done = ctx.len().saturating_sub(self.prompt_len);
         let tokens: Vec<u32> = self.reference.iter().skip(done).take(k).copied().collect();
-        Draft { confidence: vec![1.0; tokens.len()], tokens, q: vec![] }
+        Draft { confidence: vec![1.0; tokens.len()], tokens, ..Default::default() }
     }
 }
 
@@ -78,6 +78,6 @@ impl Drafter for AdversarialDrafter {
         self.step += 1;
         let pool = [self.eos, self.vocab, self.vocab + 7, u32::MAX, 0];
         let tokens: Vec<u32> = (0..k).map(|i| pool[(self.step + i) % pool.len()]).collect();
-        Draft { confidence: vec![1.0; tokens.len()], tokens, q: vec![] }
+        Draft { confidence: vec![1.0; tokens.len()], tokens, ..Default::default() }
     }
 }

@@ -91,6 +91,9 @@ pub fn matmul_alloc(
     w: &PackedMatrix,
 ) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k, "activations are not {m}x{}", w.k);
+    if m == 0 {
+        return Vec::new();
+    }
     let n = m * w.n;
     let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
     // SAFETY: MaybeUninit needs no initialization.
