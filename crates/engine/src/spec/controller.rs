@@ -63,14 +63,12 @@ impl Controller {
         c
     }
 
-    /// Starts a new request: pass times carry over (they are the machine's),
-    /// acceptance moves halfway back to the prior (a new text may be more or
-    /// less predictable than the last) and probing backs off from scratch, so
-    /// one unpredictable request cannot switch drafting off for the next.
+    /// Starts a new request: pass times and acceptance carry over (the
+    /// machine's and the drafter's on this model; pulling acceptance back to
+    /// the prior measured worse, as a weak source then drafts long again at
+    /// every request), but probing backs off from scratch, so one
+    /// unpredictable request cannot switch drafting off for the next.
     pub fn begin_request(&mut self) {
-        for a in self.accept.iter_mut().flatten() {
-            *a = 0.5 * (*a + PRIOR_ACCEPT);
-        }
         self.probe_every = PROBE_EVERY;
         self.skipped = 0;
     }

@@ -2,9 +2,10 @@
 //! head made by `specdec distill`) proposes from the target's hidden states.
 //!
 //! After every verified pass the session hands over the target's post-norm
-//! hidden state of each emitted position (`observe_hidden`); the module runs
-//! once over those rows, writing its own cache at the same positions, and its
-//! last row predicts the token after the bonus (draft 1). Drafts 2..k chain
+//! hidden state of each emitted position (`observe_hidden`); before it next
+//! drafts, the module runs once over all rows handed over since it last ran,
+//! writing its own cache at the same positions, and its last row predicts the
+//! token after the bonus (draft 1). Drafts 2..k chain
 //! the module's own post-norm output with the previous draft token, one
 //! position further each (vLLM's and SGLang's scheme). The module's cache
 //! rolls back with the target's: each round truncates it to the target's
@@ -46,6 +47,15 @@ pub struct MtpDrafter {
     mtp: Arc<dyn MtpHead>,
     label: String,
     cache: KvCache,
+    /// Positions of the module's cache that hold verified rows (past them:
+    /// rows written while chaining a draft, dropped at the next observation).
+    synced: usize,
+    /// Verified rows not yet run (hidden states and the tokens that followed
+    /// them), at positions `synced..`: the module catches up in one pass when
+    /// it next drafts, so a combined drafter whose other part keeps winning
+    /// pays for the module rarely, and then for many rows at once.
+    pending_hidden: Vec<f32>,
+    pending_next: Vec<u32>,
     /// Post-norm hidden of the module's last row (predicting the token after
     /// the context) and, once asked for, its logits; None when stale.
     head: Option<(Option<Vec<f32>>, Vec<f32>)>,
@@ -57,7 +67,41 @@ impl MtpDrafter {
     /// `label` names the module in `name()` ("mtp" or "mtp:PATH").
     pub fn new(mtp: Arc<dyn MtpHead>, ctx: usize, label: String) -> MtpDrafter {
         let cache = mtp.new_cache(ctx);
-        MtpDrafter { mtp, label, cache, head: None, min_confidence: 0.2 }
+        MtpDrafter {
+            mtp,
+            label,
+            cache,
+            synced: 0,
+            pending_hidden: Vec::new(),
+            pending_next: Vec::new(),
+            head: None,
+            min_confidence: 0.2,
+        }
+    }
+
+    /// Runs the module over the pending verified rows; false when it has
+    /// nothing to draft from.
+    fn catch_up(&mut self) -> bool {
+        if self.pending_next.is_empty() {
+            return self.head.is_some();
+        }
+        self.cache.truncate(self.synced);
+        let next = std::mem::take(&mut self.pending_next);
+        let hidden = std::mem::take(&mut self.pending_hidden);
+        let d = self.mtp.n_embd();
+        // Logits wait for `propose`'s first token.
+        match self.mtp.forward(&mut self.cache, &next, &hidden, LogitRows::None) {
+            Ok((_, hs)) => {
+                self.synced += next.len();
+                self.head = Some((None, hs[(next.len() - 1) * d..].to_vec()));
+                true
+            }
+            Err(_) => {
+                self.cache.truncate(self.synced);
+                self.head = None;
+                false
+            }
+        }
     }
 }
 
@@ -67,6 +111,9 @@ impl Drafter for MtpDrafter {
     }
     fn begin(&mut self, _prompt: &[u32]) {
         self.cache.truncate(0);
+        self.synced = 0;
+        self.pending_hidden.clear();
+        self.pending_next.clear();
         self.head = None;
     }
     fn accept(&mut self, _new_tokens: &[u32]) {}
@@ -76,20 +123,37 @@ impl Drafter for MtpDrafter {
 
     fn observe_hidden(&mut self, pos0: usize, hidden: &[f32], next: &[u32]) {
         self.head = None;
-        if next.is_empty() || pos0 > self.cache.len() || pos0 + next.len() > self.cache.capacity {
+        let d = self.mtp.n_embd();
+        if next.is_empty() || hidden.len() < next.len() * d || pos0 + next.len() > self.cache.capacity {
             return;
         }
-        self.cache.truncate(pos0);
-        let d = self.mtp.n_embd();
-        // Logits wait for `propose`: a combined drafter may not need them.
-        if let Ok((_, hs)) = self.mtp.forward(&mut self.cache, next, hidden, LogitRows::None) {
-            let last = hs[(next.len() - 1) * d..].to_vec();
-            self.head = Some((None, last));
+        if pos0 < self.synced {
+            // The target rolled back below what the module ran: run again from there.
+            self.synced = pos0;
+            self.pending_hidden.clear();
+            self.pending_next.clear();
         }
+        let keep = pos0 - self.synced;
+        if keep > self.pending_next.len() {
+            // A gap (positions never observed): nothing to draft from until
+            // the next request.
+            self.pending_hidden.clear();
+            self.pending_next.clear();
+            return;
+        }
+        self.pending_next.truncate(keep);
+        self.pending_hidden.truncate(keep * d);
+        self.pending_next.extend_from_slice(next);
+        self.pending_hidden.extend_from_slice(&hidden[..next.len() * d]);
     }
 
     fn propose(&mut self, _ctx: &[u32], k: usize) -> Draft {
         let mut d = Draft::default();
+        if !self.catch_up() {
+            return d;
+        }
+        // Rows chained by an earlier proposal are not verified: chain afresh.
+        self.cache.truncate(self.synced);
         let Some((logits, hidden)) = self.head.as_mut() else { return d };
         let logits = logits.get_or_insert_with(|| self.mtp.logits(hidden));
         let (mut logits, mut hidden) = (logits.clone(), hidden.clone());
@@ -112,5 +176,58 @@ impl Drafter for MtpDrafter {
             }
         }
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::fixtures::{random_head, tiny_gemma3};
+    use crate::models::head::load_head;
+    use crate::rng::Rng;
+    use crate::{load_file, LoadOptions};
+    use specdec_gguf::GgufFile;
+
+    #[test]
+    fn catching_up_late_drafts_what_running_every_step_drafts() {
+        let target = Arc::new(GgufFile::from_bytes(tiny_gemma3(4, &|_, _| {}), "tiny").unwrap());
+        let l = load_file(target.clone(), &LoadOptions { threads: 1, force_f32: false }, &|_, _| {}).unwrap();
+        let vocab: Vec<u32> = (0..l.model.vocab_size() as u32).collect();
+        let head = GgufFile::from_bytes(random_head(&target, vocab, 6).unwrap(), "head").unwrap();
+        let head = load_head(target, &head, l.pool.clone(), false).unwrap();
+        let d = head.n_embd();
+        let mut eager = MtpDrafter::new(head.clone(), 512, "mtp".into());
+        let mut lazy = MtpDrafter::new(head, 512, "mtp".into());
+        let mut rng = Rng::new(3);
+        let mut rows = |n: usize| -> Vec<f32> { (0..n * d).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect() };
+        let mut ctx: Vec<u32> = (0..20).map(|i| (i * 7 % 50) as u32 + 3).collect();
+        for dr in [&mut eager, &mut lazy] {
+            dr.begin(&ctx);
+        }
+        let h = rows(ctx.len() - 1);
+        eager.observe_hidden(0, &h, &ctx[1..]);
+        lazy.observe_hidden(0, &h, &ctx[1..]);
+        let mut compared = 0;
+        for step in 0..30 {
+            let a = eager.propose(&ctx, 3);
+            assert!(!a.is_empty());
+            if step % 4 == 3 {
+                let b = lazy.propose(&ctx, 3);
+                assert_eq!(a.tokens, b.tokens, "step {step}");
+                assert_eq!(a.confidence, b.confidence, "step {step}");
+                compared += 1;
+            }
+            // The target emits 1-3 tokens (accepted drafts plus the bonus).
+            let n = 1 + step % 3;
+            let new: Vec<u32> = (0..n).map(|j| ((step * 5 + j * 11) % 60) as u32 + 2).collect();
+            let pos0 = ctx.len() - 1;
+            ctx.extend_from_slice(&new);
+            let h = rows(n);
+            eager.observe_hidden(pos0, &h, &new);
+            lazy.observe_hidden(pos0, &h, &new);
+        }
+        assert_eq!(compared, 7);
     }
 }
