@@ -136,3 +136,19 @@ pub fn random_head(target: &specdec_gguf::GgufFile, vocab: Vec<u32>, seed: u64) 
     }
     Ok(w.to_bytes())
 }
+
+/// A loaded tiny Gemma 3 (`tiny_gemma3(seed)`) and a random-weight MTP head
+/// for it over its whole vocabulary, for drafter tests.
+pub fn tiny_gemma3_with_head(
+    seed: u64,
+    head_seed: u64,
+) -> (crate::Loaded, std::sync::Arc<dyn crate::spec::mtp::MtpHead>) {
+    let target =
+        std::sync::Arc::new(specdec_gguf::GgufFile::from_bytes(tiny_gemma3(seed, &|_, _| {}), "tiny").unwrap());
+    let opts = crate::LoadOptions { threads: 1, force_f32: false };
+    let l = crate::load_file(target.clone(), &opts, &|_, _| {}).unwrap();
+    let vocab: Vec<u32> = (0..l.model.vocab_size() as u32).collect();
+    let head = specdec_gguf::GgufFile::from_bytes(random_head(&target, vocab, head_seed).unwrap(), "head").unwrap();
+    let head = crate::models::head::load_head(target, &head, l.pool.clone(), false).unwrap();
+    (l, head)
+}

@@ -198,6 +198,19 @@ pub fn finish_rows(items: &mut [BatchItem], x: &[f32], d: usize) -> (Vec<f32>, V
     (xs, per_seq)
 }
 
+/// Splits one pass's hidden states (`d` per row, every row) per sequence.
+pub fn split_hidden(hidden: &[f32], items: &[BatchItem], d: usize) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    items
+        .iter()
+        .map(|it| {
+            let h = hidden[at..at + it.tokens.len() * d].to_vec();
+            at += it.tokens.len() * d;
+            h
+        })
+        .collect()
+}
+
 /// Splits one pass's logits (`n_vocab` per row) per sequence.
 pub fn split_logits(logits: Vec<f32>, per_seq: &[usize], n_vocab: usize) -> Vec<Vec<f32>> {
     if per_seq.len() == 1 {

@@ -29,8 +29,8 @@ use specdec_kernels::ops::{rmsnorm, rmsnorm_rows, rope_norm, rope_table, silu_mu
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
 
 use super::common::{
-    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, mtp_input, reserve, split_logits,
-    store_kv, AttnShape, Rows,
+    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, mtp_input, reserve, split_hidden,
+    split_logits, store_kv, AttnShape, Rows,
 };
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -617,17 +617,7 @@ impl Model for DeepSeek2 {
         }
         let mut hidden = Vec::new();
         let logits = self.run(items, None, Some(&mut hidden))?;
-        let d = self.cfg.n_embd;
-        let mut at = 0;
-        let per_item = items
-            .iter()
-            .map(|it| {
-                let h = hidden[at..at + it.tokens.len() * d].to_vec();
-                at += it.tokens.len() * d;
-                h
-            })
-            .collect();
-        Ok((logits, per_item))
+        Ok((logits, split_hidden(&hidden, items, self.cfg.n_embd)))
     }
 
     fn forward_hidden(

@@ -69,22 +69,13 @@ impl Drafter for AutoDrafter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::fixtures::{random_head, tiny_gemma3};
-    use crate::models::head::load_head;
+    use crate::fixtures::tiny_gemma3_with_head;
     use crate::rng::Rng;
-    use crate::{load_file, LoadOptions};
-    use specdec_gguf::GgufFile;
 
     #[test]
     fn a_suffix_match_drafts_otherwise_the_head() {
-        let target = Arc::new(GgufFile::from_bytes(tiny_gemma3(3, &|_, _| {}), "tiny").unwrap());
-        let l = load_file(target.clone(), &LoadOptions { threads: 1, force_f32: false }, &|_, _| {}).unwrap();
-        let vocab: Vec<u32> = (0..l.model.vocab_size() as u32).collect();
-        let head = GgufFile::from_bytes(random_head(&target, vocab, 5).unwrap(), "head").unwrap();
-        let head = load_head(target, &head, l.pool.clone(), false).unwrap();
+        let (_model, head) = tiny_gemma3_with_head(3, 5);
         let d = head.n_embd();
         let mut auto = AutoDrafter::new(SuffixDrafter::default(), MtpDrafter::new(head, 256, "mtp".into()));
         let mut rng = Rng::new(9);

@@ -181,22 +181,13 @@ impl Drafter for MtpDrafter {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::fixtures::{random_head, tiny_gemma3};
-    use crate::models::head::load_head;
+    use crate::fixtures::tiny_gemma3_with_head;
     use crate::rng::Rng;
-    use crate::{load_file, LoadOptions};
-    use specdec_gguf::GgufFile;
 
     #[test]
     fn catching_up_late_drafts_what_running_every_step_drafts() {
-        let target = Arc::new(GgufFile::from_bytes(tiny_gemma3(4, &|_, _| {}), "tiny").unwrap());
-        let l = load_file(target.clone(), &LoadOptions { threads: 1, force_f32: false }, &|_, _| {}).unwrap();
-        let vocab: Vec<u32> = (0..l.model.vocab_size() as u32).collect();
-        let head = GgufFile::from_bytes(random_head(&target, vocab, 6).unwrap(), "head").unwrap();
-        let head = load_head(target, &head, l.pool.clone(), false).unwrap();
+        let (_model, head) = tiny_gemma3_with_head(4, 6);
         let d = head.n_embd();
         let mut eager = MtpDrafter::new(head.clone(), 512, "mtp".into());
         let mut lazy = MtpDrafter::new(head, 512, "mtp".into());
