@@ -39,7 +39,7 @@ pub struct QuantActs {
     pub corr128: Vec<i32>,
     pub corr16: Vec<i32>,
     pub dsum: Vec<f32>,
-    /// m x k/16: `-32 * sum16` (Q6S, one correction per 16).
+    /// m x k/16: `-32 * sum16` (Q6K, one correction per 16).
     pub corr32: Vec<i32>,
 }
 

@@ -15,7 +15,7 @@
 //! | Q5S  | Q5_0          | 352          | 4 nibble chunks; 64 B high bits; 16 f16 scales    |
 //! | Q4A  | Q4_0 Q4_1     | 384          | 4 nibble chunks; 16 f32 scales; 16 f32 mins       |
 //! | Q4K  | Q4_K          | 288 (+16)    | 4 nibble chunks; 16 u8 scales; 16 u8 mins         |
-//! | Q6S  | Q6_K          | 640          | 8 chunks of u8 (q); 2 x 16 f32 scales (per 16)    |
+//! | Q6K  | Q6_K          | 416 (+64)    | 4 nibble chunks; 2 x 64 B high bits; 2 x 16 i8 scales |
 //! | F32  | F32 F16 BF16, and types without a packed kind | n x k f32 row-major |
 //!
 //! Q4K keeps Q4_K's 6-bit sub-block scales and mins as integers; the per-row
@@ -24,9 +24,17 @@
 //! other kinds' packing would (the same f32 product), at 4.75 bits per weight
 //! instead of Q4A's 6.
 //!
+//! Q6K likewise keeps Q6_K's signed 8-bit scales (one per 16 weights) in the
+//! record and the per-row super-block d (16 rows x 1 f32 per 8 records) in the
+//! side array: 6.5 bits per weight, as in the file, instead of the 10 of
+//! 8-bit values with f32 scales. The kernel forms `s = d * sc`, the product
+//! ggml's dequantization uses.
+//!
 //! Nibble chunk p (p = 0..3) holds weight 4p+t in the low nibble and weight
 //! 16+4p+t in the high nibble of byte t of each lane. The Q5S high-bit lane of
-//! a row holds, in byte t bit j, the fifth bit of weight 4j+t.
+//! a row holds, in byte t bit j, the fifth bit of weight 4j+t. Q6K's two
+//! high-bit vectors (bytes 256..320 for chunks 0..3, 320..384 for 4..7) hold,
+//! in byte t bits 2(j%4)..2(j%4)+1 of a lane, the top two bits of weight 4j+t.
 
 use half::f16;
 use specdec_gguf::GgmlType;
@@ -40,7 +48,7 @@ pub enum PackedKind {
     Q5S,
     Q4A,
     Q4K,
-    Q6S,
+    Q6K,
     F32,
 }
 
@@ -51,7 +59,7 @@ impl PackedKind {
             PackedKind::Q5S => 352,
             PackedKind::Q4A => 384,
             PackedKind::Q4K => 288,
-            PackedKind::Q6S => 640,
+            PackedKind::Q6K => 416,
             PackedKind::F32 => 0,
         }
     }
@@ -60,7 +68,7 @@ impl PackedKind {
         match self {
             PackedKind::Q8S => 128,
             PackedKind::Q5S => 16,
-            PackedKind::Q6S => 32,
+            PackedKind::Q6K => 32,
             _ => 0,
         }
     }
@@ -71,7 +79,7 @@ impl PackedKind {
             GgmlType::Q5_0 => PackedKind::Q5S,
             GgmlType::Q4_K => PackedKind::Q4K,
             GgmlType::Q4_0 | GgmlType::Q4_1 => PackedKind::Q4A,
-            GgmlType::Q6_K => PackedKind::Q6S,
+            GgmlType::Q6_K => PackedKind::Q6K,
             _ => PackedKind::F32,
         }
     }
@@ -111,7 +119,8 @@ pub struct PackedMatrix {
     pub source: GgmlType,
     pub(crate) q: AlignedBytes,
     pub(crate) f: Vec<f32>,
-    /// Q4K only: per group and super-block (8 records), 16 d then 16 dmin.
+    /// Q4K: per group and super-block (8 records), 16 d then 16 dmin; Q6K:
+    /// 16 d. Empty for the other kinds.
     pub(crate) sb: Vec<f32>,
 }
 
@@ -128,6 +137,10 @@ impl PackedMatrix {
     }
     pub fn blocks(&self) -> usize {
         self.k / 32
+    }
+    /// Floats per group and super-block in `sb`.
+    pub(crate) fn sb_stride(&self) -> usize {
+        sb_stride(self.kind)
     }
     /// Bytes one full pass over the matrix reads.
     pub fn bytes(&self) -> usize {
@@ -178,7 +191,8 @@ impl PackedMatrix {
         let mut q = AlignedBytes::zeroed(n_groups * nb * rb);
         let buf = q.as_mut_slice();
         let nsb = nb.div_ceil(8);
-        let mut sbv = if kind == PackedKind::Q4K { vec![0f32; n_groups * nsb * 32] } else { Vec::new() };
+        let sbs = sb_stride(kind);
+        let mut sbv = vec![0f32; n_groups * nsb * sbs];
         // Per row: unsigned values, per-sub-block scales and mins.
         let mut u = vec![0u8; k];
         let mut sc = vec![0f32; k / 16];
@@ -189,30 +203,28 @@ impl PackedMatrix {
             let (g, lane) = (r / 16, r % 16);
             if kind == PackedKind::Q4K {
                 for (j, blk) in row.chunks_exact(144).enumerate() {
-                    sbv[(g * nsb + j) * 32 + lane] = f16_at(blk, 0);
-                    sbv[(g * nsb + j) * 32 + 16 + lane] = f16_at(blk, 2);
+                    sbv[(g * nsb + j) * sbs + lane] = f16_at(blk, 0);
+                    sbv[(g * nsb + j) * sbs + 16 + lane] = f16_at(blk, 2);
+                }
+            }
+            if kind == PackedKind::Q6K {
+                for (j, blk) in row.chunks_exact(210).enumerate() {
+                    sbv[(g * nsb + j) * sbs + lane] = f16_at(blk, 208);
                 }
             }
             for b in 0..nb {
                 let rec = &mut buf[(g * nb + b) * rb..(g * nb + b + 1) * rb];
                 let w = &u[b * 32..b * 32 + 32];
                 match kind {
-                    PackedKind::Q8S | PackedKind::Q6S => {
+                    PackedKind::Q8S => {
                         for j in 0..8 {
                             rec[j * 64 + lane * 4..j * 64 + lane * 4 + 4].copy_from_slice(&w[4 * j..4 * j + 4]);
                         }
-                        if kind == PackedKind::Q8S {
-                            // Source scale is f16: keep its exact bits.
-                            let bits = f16::from_f32(sc[2 * b]).to_bits().to_le_bytes();
-                            rec[512 + lane * 2..512 + lane * 2 + 2].copy_from_slice(&bits);
-                        } else {
-                            for s in 0..2 {
-                                let o = 512 + s * 64 + lane * 4;
-                                rec[o..o + 4].copy_from_slice(&sc[2 * b + s].to_le_bytes());
-                            }
-                        }
+                        // Source scale is f16: keep its exact bits.
+                        let bits = f16::from_f32(sc[2 * b]).to_bits().to_le_bytes();
+                        rec[512 + lane * 2..512 + lane * 2 + 2].copy_from_slice(&bits);
                     }
-                    PackedKind::Q5S | PackedKind::Q4A | PackedKind::Q4K => {
+                    PackedKind::Q5S | PackedKind::Q4A | PackedKind::Q4K | PackedKind::Q6K => {
                         for p in 0..4 {
                             for t in 0..4 {
                                 rec[p * 64 + lane * 4 + t] = (w[4 * p + t] & 0xF) | ((w[16 + 4 * p + t] & 0xF) << 4);
@@ -228,6 +240,16 @@ impl PackedMatrix {
                             }
                             let bits = f16::from_f32(sc[2 * b]).to_bits().to_le_bytes();
                             rec[320 + lane * 2..320 + lane * 2 + 2].copy_from_slice(&bits);
+                        } else if kind == PackedKind::Q6K {
+                            for j in 0..8 {
+                                for t in 0..4 {
+                                    rec[256 + (j / 4) * 64 + lane * 4 + t] |=
+                                        ((w[4 * j + t] >> 4) & 3) << (2 * (j % 4));
+                                }
+                            }
+                            let blk = &row[(b / 8) * 210..(b / 8 + 1) * 210];
+                            rec[384 + lane] = blk[192 + 2 * (b % 8)];
+                            rec[400 + lane] = blk[192 + 2 * (b % 8) + 1];
                         } else if kind == PackedKind::Q4K {
                             let blk = &row[(b / 8) * 144..(b / 8 + 1) * 144];
                             let (s6, m6) = scale_min_k4(b % 8, &blk[4..16]);
@@ -243,6 +265,15 @@ impl PackedMatrix {
             }
         }
         Ok(PackedMatrix { kind, n, k, source: ty, q, f: Vec::new(), sb: sbv })
+    }
+}
+
+/// Floats per group and super-block in a packed matrix's side array.
+const fn sb_stride(kind: PackedKind) -> usize {
+    match kind {
+        PackedKind::Q4K => 32,
+        PackedKind::Q6K => 16,
+        _ => 0,
     }
 }
 

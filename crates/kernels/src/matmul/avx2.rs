@@ -40,7 +40,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
             PackedKind::Q5S => go!(1),
             PackedKind::Q4A => go!(2),
             PackedKind::Q4K => go!(4),
-            PackedKind::Q6S => go!(3),
+            PackedKind::Q6K => go!(3),
             PackedKind::F32 => unreachable!(),
         }
         r0 += mt;
@@ -58,7 +58,7 @@ unsafe fn bcast4(p: *const i8) -> __m256i {
 unsafe fn chunk<const KIND: u8>(rec: *const u8, j: usize, h: usize) -> __m256i {
     let ld = |o: usize| _mm256_loadu_si256(rec.add(o + 32 * h) as *const __m256i);
     match KIND {
-        0 | 3 => ld(64 * j),
+        0 => ld(64 * j),
         _ => {
             let lo = _mm256_set1_epi8(0x0F);
             let n = ld(64 * (j % 4));
@@ -77,6 +77,17 @@ unsafe fn chunk<const KIND: u8>(rec: *const u8, j: usize, h: usize) -> __m256i {
                     _ => _mm256_srli_epi32::<3>(hb),
                 };
                 u = _mm256_or_si256(u, _mm256_and_si256(shifted, _mm256_set1_epi8(0x10)));
+            }
+            if KIND == 3 {
+                // Byte t bits 2(j%4).. of a lane are the top bits of weight 4j + t.
+                let hb = ld(256 + 64 * (j / 4));
+                let shifted = match j % 4 {
+                    0 => _mm256_slli_epi32::<4>(hb),
+                    1 => _mm256_slli_epi32::<2>(hb),
+                    2 => hb,
+                    _ => _mm256_srli_epi32::<2>(hb),
+                };
+                u = _mm256_or_si256(u, _mm256_and_si256(shifted, _mm256_set1_epi8(0x30)));
             }
             u
         }
@@ -156,7 +167,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                                 )
                             } else {
                                 // d * sc and dmin * mq, the same f32 products as Q4A's packing.
-                                let sb = w.sb.as_ptr().add((g * nb.div_ceil(8) + b / 8) * 32 + 8 * h);
+                                let sb = w.sb.as_ptr().add((g * nb.div_ceil(8) + b / 8) * w.sb_stride() + 8 * h);
                                 let u8s = |o: usize| {
                                     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
                                         rec.add(o + 8 * h) as *const _
@@ -171,8 +182,13 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                             acc[i] = _mm256_fnmadd_ps(m, _mm256_set1_ps(da * (s0 + s1) as f32), acc[i]);
                         }
                         _ => {
+                            let d = _mm256_loadu_ps(
+                                w.sb.as_ptr().add((g * nb.div_ceil(8) + b / 8) * w.sb_stride() + 8 * h),
+                            );
                             for (half, (sum, sh)) in [(ai[i], s0), (ai2[i], s1)].into_iter().enumerate() {
-                                let s = _mm256_loadu_ps(rec.add(512 + 64 * half + 32 * h) as *const f32);
+                                // d * sc, the product ggml's dequantization uses.
+                                let sc = _mm_loadl_epi64(rec.add(384 + 16 * half + 8 * h) as *const _);
+                                let s = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
                                 let tot = _mm256_add_epi32(sum, _mm256_set1_epi32(-c * sh));
                                 acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(s, dav), acc[i]);
                             }

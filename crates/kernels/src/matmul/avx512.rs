@@ -16,7 +16,7 @@ use crate::pack::{PackedKind, PackedMatrix};
 const K_Q8S: u8 = 0;
 const K_Q5S: u8 = 1;
 const K_Q4A: u8 = 2;
-const K_Q6S: u8 = 3;
+const K_Q6K: u8 = 3;
 const K_Q4K: u8 = 4;
 
 /// Bytes ahead of the current record to prefetch.
@@ -40,7 +40,7 @@ const fn record_bytes(kind: u8) -> usize {
         K_Q5S => 352,
         K_Q4A => 384,
         K_Q4K => 288,
-        _ => 640,
+        _ => 416,
     }
 }
 
@@ -52,7 +52,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
         PackedKind::Q5S => K_Q5S,
         PackedKind::Q4A => K_Q4A,
         PackedKind::Q4K => K_Q4K,
-        PackedKind::Q6S => K_Q6S,
+        PackedKind::Q6K => K_Q6K,
         PackedKind::F32 => unreachable!(),
     };
     let gbytes = w.blocks() * record_bytes(kind);
@@ -89,7 +89,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
                 K_Q5S => go!(K_Q5S),
                 K_Q4A => go!(K_Q4A),
                 K_Q4K => go!(K_Q4K),
-                _ => go!(K_Q6S),
+                _ => go!(K_Q6K),
             }
             r0 += mt;
         }
@@ -127,7 +127,7 @@ unsafe fn bcast4(p: *const i8) -> __m512i {
 unsafe fn decode<const KIND: u8>(rec: *const u8) -> [__m512i; 8] {
     let ld = |o: usize| _mm512_loadu_si512(rec.add(o) as *const _);
     match KIND {
-        K_Q8S | K_Q6S => [ld(0), ld(64), ld(128), ld(192), ld(256), ld(320), ld(384), ld(448)],
+        K_Q8S => [ld(0), ld(64), ld(128), ld(192), ld(256), ld(320), ld(384), ld(448)],
         _ => {
             let lo = _mm512_set1_epi8(0x0F);
             let n = [ld(0), ld(64), ld(128), ld(192)];
@@ -157,6 +157,17 @@ unsafe fn decode<const KIND: u8>(rec: *const u8) -> [__m512i; 8] {
                 for j in 0..8 {
                     // u | (hs & 0x10)
                     u[j] = _mm512_ternarylogic_epi32::<0xF8>(u[j], hs[j], bit4);
+                }
+            }
+            if KIND == K_Q6K {
+                // Byte t bits 2(j%4).. of a lane are the top bits of weight 4j + t.
+                let bits = _mm512_set1_epi8(0x30);
+                for (v, h) in [ld(256), ld(320)].into_iter().enumerate() {
+                    let hs = [_mm512_slli_epi32::<4>(h), _mm512_slli_epi32::<2>(h), h, _mm512_srli_epi32::<2>(h)];
+                    for (t, x) in hs.into_iter().enumerate() {
+                        // u | (hs & 0x30)
+                        u[4 * v + t] = _mm512_ternarylogic_epi32::<0xF8>(u[4 * v + t], x, bits);
+                    }
                 }
             }
             u
@@ -197,6 +208,9 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                 let p = w.sb.as_ptr().add((g * nsb + b / 8) * 32);
                 (sbd, sbm) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
             }
+            if KIND == K_Q6K && b % 8 == 0 {
+                sbd = _mm512_loadu_ps(w.sb.as_ptr().add((g * nsb + b / 8) * 16));
+            }
             pf.step();
             let u = decode::<KIND>(rec);
             let mut qp = [std::ptr::null::<i8>(); MT];
@@ -208,7 +222,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                 match KIND {
                     K_Q8S => ai[i] = bc(a.corr128.as_ptr().add(rb_)),
                     K_Q5S => ai[i] = bc(a.corr16.as_ptr().add(rb_)),
-                    K_Q6S => {
+                    K_Q6K => {
                         ai[i] = bc(a.corr32.as_ptr().add(2 * rb_));
                         ai2[i] = bc(a.corr32.as_ptr().add(2 * rb_ + 1));
                     }
@@ -222,7 +236,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                 }
             }
             // A second chain per row (chunks 4..7) halves the vpdpbusd
-            // latency chain (~7 % faster at 8 rows on 8960 x 1536 Q4_K); Q6S
+            // latency chain (~7 % faster at 8 rows on 8960 x 1536 Q4_K); Q6K
             // needs it for its two half-block scales anyway. The sums are exact
             // integers, so the result equals the scalar reference.
             for j in 4..8 {
@@ -258,8 +272,10 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                     }
                 }
                 _ => {
-                    let s0v = _mm512_loadu_ps(rec.add(512) as *const f32);
-                    let s1v = _mm512_loadu_ps(rec.add(576) as *const f32);
+                    // d * sc, the product ggml's dequantization uses.
+                    let sc =
+                        |o: usize| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(rec.add(o) as *const _)));
+                    let (s0v, s1v) = (_mm512_mul_ps(sbd, sc(384)), _mm512_mul_ps(sbd, sc(400)));
                     for i in 0..MT {
                         let da = bf(a.d.as_ptr().add((r0 + i) * nb + b));
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[i]), _mm512_mul_ps(s0v, da), acc[i]);

@@ -22,14 +22,17 @@ fn rd_f32(rec: &[u8], o: usize) -> f32 {
 #[inline]
 pub(crate) fn unpack(kind: PackedKind, rec: &[u8], lane: usize, i: usize) -> u8 {
     match kind {
-        PackedKind::Q8S | PackedKind::Q6S => rec[(i / 4) * 64 + lane * 4 + i % 4],
-        PackedKind::Q5S | PackedKind::Q4A | PackedKind::Q4K => {
+        PackedKind::Q8S => rec[(i / 4) * 64 + lane * 4 + i % 4],
+        PackedKind::Q5S | PackedKind::Q4A | PackedKind::Q4K | PackedKind::Q6K => {
             let byte = rec[((i % 16) / 4) * 64 + lane * 4 + i % 4];
             let nib = if i < 16 { byte & 0xF } else { byte >> 4 };
-            if kind == PackedKind::Q5S {
-                nib | (((rec[256 + lane * 4 + i % 4] >> (i / 4)) & 1) << 4)
-            } else {
-                nib
+            match kind {
+                PackedKind::Q5S => nib | (((rec[256 + lane * 4 + i % 4] >> (i / 4)) & 1) << 4),
+                PackedKind::Q6K => {
+                    let (j, t) = (i / 4, i % 4);
+                    nib | (((rec[256 + (j / 4) * 64 + lane * 4 + t] >> (2 * (j % 4))) & 3) << 4)
+                }
+                _ => nib,
             }
         }
         PackedKind::F32 => unreachable!(),
@@ -73,15 +76,17 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
                                 (rd_f32(rec, 256 + lane * 4), rd_f32(rec, 320 + lane * 4))
                             } else {
                                 // d * sc and dmin * mq: the products Q4A would store.
-                                let sb = &w.sb[(g * nb.div_ceil(8) + b / 8) * 32..][..32];
+                                let sb = &w.sb[(g * nb.div_ceil(8) + b / 8) * w.sb_stride()..][..32];
                                 (sb[lane] * rec[256 + lane] as f32, sb[16 + lane] * rec[272 + lane] as f32)
                             };
                             acc = (dot(0, 32) as f32).mul_add(s * da, acc);
                             acc = (-m).mul_add(da * (s16[0] + s16[1]) as f32, acc);
                         }
-                        PackedKind::Q6S => {
+                        PackedKind::Q6K => {
+                            let d = w.sb[(g * nb.div_ceil(8) + b / 8) * w.sb_stride() + lane];
                             for h in 0..2 {
-                                let s = rd_f32(rec, 512 + h * 64 + lane * 4);
+                                // d * sc: the product ggml's dequantization uses.
+                                let s = d * (rec[384 + 16 * h + lane] as i8) as f32;
                                 let ai = -c * s16[h] + dot(16 * h, 16 * h + 16);
                                 acc = (ai as f32).mul_add(s * da, acc);
                             }
