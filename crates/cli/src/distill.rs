@@ -38,6 +38,12 @@ pub struct Options {
     /// Also train on this many greedy continuations by the model itself.
     #[arg(long, default_value_t = 0)]
     pub self_gen: usize,
+    /// Prompts for the self-generated sequences, one per line (`\n` for a
+    /// line break inside one): the model continues each to --seq-len tokens
+    /// and trains on its own text. Without it, --self-gen continues openings
+    /// of the data. With --self-gen N, only the first N prompts.
+    #[arg(long)]
+    pub self_gen_prompts: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Checkpoint (and evaluate, and write the head) every N steps.
@@ -63,6 +69,7 @@ pub fn distill(model: &ModelArgs, o: &Options) -> Result<()> {
         lr: o.lr,
         draft_vocab: o.draft_vocab,
         self_gen: o.self_gen,
+        self_gen_prompts: o.self_gen_prompts.clone(),
         seed: o.seed,
         checkpoint_every: o.checkpoint_every.max(1),
         resume: o.resume,

@@ -69,6 +69,28 @@ pub fn sequences(tok: &Tokenizer, texts: &[String], seq_len: usize, max_seqs: us
     out
 }
 
+/// Prompts for self-generation: one per non-empty line of `path`, `\n`
+/// standing for a line break; tokenized as `generate` does (BOS when the
+/// model uses one) and cut to at most `max_len` tokens.
+pub fn read_prompts(tok: &Tokenizer, path: &Path, max_len: usize) -> Result<Vec<Vec<u32>>, DistillError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| DistillError::Data(format!("cannot read prompts {}: {e}", path.display())))?;
+    let prompts: Vec<Vec<u32>> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut ids = tok.encode(&l.replace("\\n", "\n"), true, false);
+            ids.truncate(max_len.max(1));
+            ids
+        })
+        .collect();
+    if prompts.is_empty() {
+        return Err(DistillError::Data(format!("{} holds no prompts", path.display())));
+    }
+    Ok(prompts)
+}
+
 /// The `n` most frequent tokens of the sequences (ties to the lower id),
 /// most frequent first.
 pub fn draft_vocab(seqs: &[Vec<u32>], n: usize, vocab_size: usize) -> Vec<u32> {

@@ -25,6 +25,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use specdec_engine::models::head::{self, HeadMeta, HeadShape};
 use specdec_engine::rng::Rng;
+use specdec_engine::sampler::SamplingParams;
+use specdec_engine::spec::controller::Controller;
+use specdec_engine::spec::generate::generate_spec;
+use specdec_engine::spec::suffix::SuffixDrafter;
 use specdec_engine::{Loaded, LogitRows};
 use specdec_gguf::{GgmlType, GgufFile, GgufWriter, Value};
 
@@ -69,6 +73,11 @@ pub struct DistillConfig {
     /// first `seq_len / 4` tokens come from the data and the rest from the
     /// target (self-distillation proper; slower than teacher forcing).
     pub self_gen: usize,
+    /// Prompts for the self-generated sequences (one per line, `\n` for a
+    /// line break inside a prompt) instead of openings of the data: the
+    /// target continues each to `seq_len` tokens. With `self_gen` > 0 only
+    /// the first `self_gen` prompts are used.
+    pub self_gen_prompts: Option<PathBuf>,
 }
 
 impl Default for DistillConfig {
@@ -88,6 +97,7 @@ impl Default for DistillConfig {
             resume: false,
             eval_seqs: 4,
             self_gen: 0,
+            self_gen_prompts: None,
         }
     }
 }
@@ -149,18 +159,19 @@ impl Teacher<'_> {
 }
 
 /// Greedy continuation of `prompt` by the target up to `len` tokens.
-fn continue_greedy(target: &Loaded, prompt: &[u32], len: usize) -> Result<Vec<u32>, DistillError> {
+/// `prompt` continued by the target's greedy decoding to `len` tokens: the
+/// self-generated training sequences.
+pub fn self_generate(target: &Loaded, prompt: &[u32], len: usize) -> Result<Vec<u32>, DistillError> {
+    // Speculative decoding with the suffix drafter: the same tokens as plain
+    // greedy decoding (lossless), about twice as fast. End-of-generation
+    // tokens do not stop it: every sequence is `len` tokens long.
     let m = &*target.model;
-    let mut cache = m.new_cache(len);
+    let mut drafter = SuffixDrafter::default();
+    let mut ctl = Controller::new(8);
+    let params = SamplingParams::default();
+    let out = generate_spec(m, &mut drafter, &mut ctl, prompt, len - prompt.len(), &params, &|_| false, &mut |_| {})?;
     let mut seq = prompt.to_vec();
-    let mut logits = m.forward(&mut cache, prompt, LogitRows::Last)?;
-    while seq.len() < len {
-        let t = specdec_engine::sampler::argmax(&logits);
-        seq.push(t);
-        if seq.len() < len {
-            logits = m.forward(&mut cache, &[t], LogitRows::Last)?;
-        }
-    }
+    seq.extend(out.tokens);
     Ok(seq)
 }
 
@@ -216,10 +227,19 @@ pub fn distill(
         seqs.swap(i, j);
     }
     let eval: Vec<Vec<u32>> = seqs.drain(..cfg.eval_seqs).collect();
-    let prompt_len = cfg.seq_len / 4;
-    for i in 0..cfg.self_gen.min(seqs.len()) {
-        let _ = report(&StepReport { phase: "self-generating", step: i, steps: cfg.self_gen, ..Default::default() });
-        let cont = continue_greedy(target, &seqs[i][..prompt_len], cfg.seq_len)?;
+    let prompts: Vec<Vec<u32>> = match &cfg.self_gen_prompts {
+        Some(path) => {
+            let mut p = data::read_prompts(&target.tokenizer, path, cfg.seq_len / 2)?;
+            if cfg.self_gen > 0 {
+                p.truncate(cfg.self_gen);
+            }
+            p
+        }
+        None => seqs.iter().take(cfg.self_gen).map(|s| s[..cfg.seq_len / 4].to_vec()).collect(),
+    };
+    for (i, prompt) in prompts.iter().enumerate() {
+        let _ = report(&StepReport { phase: "self-generating", step: i, steps: prompts.len(), ..Default::default() });
+        let cont = self_generate(target, prompt, cfg.seq_len)?;
         seqs.push(cont);
     }
     let vocab = data::draft_vocab(&seqs, cfg.draft_vocab, v);

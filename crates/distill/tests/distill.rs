@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use candle_core::{Device, Tensor};
 use specdec_distill::model::{self, Inputs, Params};
-use specdec_distill::{distill, write_head, DistillConfig, StepReport};
+use specdec_distill::{data, distill, self_generate, write_head, DistillConfig, StepReport};
 use specdec_engine::fixtures::tiny_gemma3;
+use specdec_engine::generate::generate;
 use specdec_engine::models::head::{self, load_head};
 use specdec_engine::rng::Rng;
+use specdec_engine::sampler::SamplingParams;
 use specdec_engine::{load_file, LoadOptions, Loaded, LogitRows};
 use specdec_gguf::{GgmlType, GgufFile};
 
@@ -161,4 +163,59 @@ fn training_lowers_the_loss_is_deterministic_and_resumes_exactly() {
     for d in [a, b, c] {
         std::fs::remove_dir_all(d).ok();
     }
+}
+
+/// Self-generated sequences are the target's own greedy text (drafted by the
+/// suffix drafter, so this also checks that it changes nothing), exactly
+/// `len` tokens even past an end token; prompts come one per line with `\n`
+/// escapes, cut to the length asked; an empty prompt file is an error.
+#[test]
+fn self_generation_is_the_targets_greedy_text_and_prompts_parse() {
+    let target = tiny(5);
+    let dir = tmp("prompts");
+    let file = dir.join("prompts.txt");
+    std::fs::write(&file, "hello abc\\nab c\n\n   \nhe llo b a c ab hello abc he llo b a c ab hello\n").unwrap();
+    let prompts = data::read_prompts(&target.tokenizer, &file, 12).unwrap();
+    assert_eq!(prompts.len(), 2, "blank lines are skipped");
+    assert_eq!(prompts[0], target.tokenizer.encode("hello abc\nab c", true, false));
+    assert_eq!(prompts[1].len(), 12, "cut to max_len");
+    for p in &prompts {
+        let seq = self_generate(&target, p, 40).unwrap();
+        assert_eq!(seq.len(), 40);
+        assert_eq!(&seq[..p.len()], &p[..]);
+        let plain =
+            generate(target.model.as_ref(), p, 40 - p.len(), &SamplingParams::default(), &|_| false, &mut |_| {})
+                .unwrap();
+        assert_eq!(&seq[p.len()..], &plain.tokens[..]);
+    }
+    std::fs::write(&file, "\n  \n").unwrap();
+    let err = data::read_prompts(&target.tokenizer, &file, 6).unwrap_err();
+    assert!(err.to_string().contains("no prompts"), "{err}");
+
+    // Training with them runs and the draft vocabulary covers their tokens.
+    let text = dir.join("data.txt");
+    std::fs::write(&text, "abc he llo b a c ab hello ".repeat(300)).unwrap();
+    std::fs::write(&file, "hello abc\nhe llo\n").unwrap();
+    let cfg = DistillConfig {
+        data: vec![text],
+        out: dir.join("head.gguf"),
+        steps: 2,
+        batch: 2,
+        seq_len: 8,
+        draft_vocab: 64,
+        eval_seqs: 2,
+        self_gen_prompts: Some(file),
+        ..DistillConfig::default()
+    };
+    let mut generated = 0;
+    let summary = distill(&target, &cfg, &mut |r: &StepReport| {
+        if r.phase == "self-generating" {
+            generated += 1;
+        }
+        true
+    })
+    .unwrap();
+    assert_eq!(generated, 2);
+    assert!(summary.out.is_file());
+    std::fs::remove_dir_all(&dir).ok();
 }
