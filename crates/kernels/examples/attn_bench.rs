@@ -1,0 +1,36 @@
+//! Times causal attention of n query rows (4 heads sharing one key/value
+//! head, head dim 256, window w) on one thread, as a long prefill runs it:
+//! `cargo run --release --example attn_bench -- 1500 512`.
+use std::time::Instant;
+
+use specdec_kernels::{attend_heads, isa};
+
+fn main() {
+    let a: Vec<usize> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
+    let (n, w) = (a.first().copied().unwrap_or(1500), a.get(1).copied().unwrap_or(512));
+    let (g, hd) = (4, 256);
+    let mut seed = 1u64;
+    let mut rnd = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % 2000) as f32 / 1000.0 - 1.0
+    };
+    let k: Vec<f32> = (0..n * hd).map(|_| rnd()).collect();
+    let v: Vec<f32> = (0..n * hd).map(|_| rnd()).collect();
+    let q: Vec<f32> = (0..n * g * hd).map(|_| rnd() * 0.1).collect();
+    let fma: f64 = (0..n).map(|i| (2 * g * hd * (i + 1 - (i + 1).saturating_sub(w))) as f64).sum();
+    let isa = isa();
+    let mut scores = Vec::new();
+    let mut out = vec![0f32; n * g * hd];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for i in 0..n {
+            let (qi, o) = (&q[i * g * hd..(i + 1) * g * hd], &mut out[i * g * hd..(i + 1) * g * hd]);
+            attend_heads(isa, g, qi, &k, &v, hd, (i + 1).saturating_sub(w), i, &mut scores, o);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!("n={n} w={w}: {:.1} ms ({:.1} GFMA/s, best of 5, one thread)", best * 1e3, fma / best / 1e9);
+}
