@@ -158,7 +158,6 @@ impl Teacher<'_> {
     }
 }
 
-/// Greedy continuation of `prompt` by the target up to `len` tokens.
 /// `prompt` continued by the target's greedy decoding to `len` tokens: the
 /// self-generated training sequences.
 pub fn self_generate(target: &Loaded, prompt: &[u32], len: usize) -> Result<Vec<u32>, DistillError> {

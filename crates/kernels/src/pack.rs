@@ -15,7 +15,7 @@
 //! | Q5S  | Q5_0          | 352          | 4 nibble chunks; 64 B high bits; 16 f16 scales    |
 //! | Q4A  | Q4_0 Q4_1     | 384          | 4 nibble chunks; 16 f32 scales; 16 f32 mins       |
 //! | Q4K  | Q4_K          | 288 (+16)    | 4 nibble chunks; 16 u8 scales; 16 u8 mins         |
-//! | Q6K  | Q6_K          | 416 (+64)    | 4 nibble chunks; 2 x 64 B high bits; 2 x 16 i8 scales |
+//! | Q6K  | Q6_K          | 416 (+8)     | 4 nibble chunks; 2 x 64 B high bits; 2 x 16 i8 scales |
 //! | F32  | F32 F16 BF16, and types without a packed kind | n x k f32 row-major |
 //!
 //! Q4K keeps Q4_K's 6-bit sub-block scales and mins as integers; the per-row
