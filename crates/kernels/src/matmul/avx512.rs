@@ -204,12 +204,13 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
         let (mut sbd, mut sbm) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for b in 0..nb {
             let rec = grec.add(b * rb);
-            if KIND == K_Q4K && b % 8 == 0 {
-                let p = w.sb.as_ptr().add((g * nsb + b / 8) * 32);
-                (sbd, sbm) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
-            }
-            if KIND == K_Q6K && b % 8 == 0 {
-                sbd = _mm512_loadu_ps(w.sb.as_ptr().add((g * nsb + b / 8) * 16));
+            if (KIND == K_Q4K || KIND == K_Q6K) && b % 8 == 0 {
+                // Super-block factors: d (Q4K and Q6K), then dmin (Q4K).
+                let p = w.sb.as_ptr().add((g * nsb + b / 8) * w.sb_stride());
+                sbd = _mm512_loadu_ps(p);
+                if KIND == K_Q4K {
+                    sbm = _mm512_loadu_ps(p.add(16));
+                }
             }
             pf.step();
             let u = decode::<KIND>(rec);
@@ -391,7 +392,7 @@ pub unsafe fn attend(
 /// `q` and `out` hold G heads of `hd` (a multiple of 16); `scores` G x n.
 #[target_feature(enable = "avx512f,avx512dq,fma")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn attend_heads<const G: usize, const KK: usize>(
+pub unsafe fn attend_heads<const G: usize>(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -411,6 +412,7 @@ pub unsafe fn attend_heads<const G: usize, const KK: usize>(
     assert!(start <= end && end * stride + hd <= k.len().min(v.len()), "keys out of range");
     // scores: KK keys at a time (each query chunk load serves KK keys, each
     // key chunk load G heads); per score the same fma order and reduction
+    const KK: usize = 4;
     let mut j = 0;
     while j < n {
         let kr: [*const f32; KK] = std::array::from_fn(|t| kp.add((start + (j + t).min(n - 1)) * stride));

@@ -252,10 +252,10 @@ pub fn attend_heads(
         // SAFETY: chosen only when available; shapes checked above and in the kernel.
         unsafe {
             match g {
-                1 => avx512::attend_heads::<1, 4>(q, k, v, stride, start, end, scores, out),
-                2 => avx512::attend_heads::<2, 4>(q, k, v, stride, start, end, scores, out),
-                3 => avx512::attend_heads::<3, 4>(q, k, v, stride, start, end, scores, out),
-                _ => avx512::attend_heads::<4, 4>(q, k, v, stride, start, end, scores, out),
+                1 => avx512::attend_heads::<1>(q, k, v, stride, start, end, scores, out),
+                2 => avx512::attend_heads::<2>(q, k, v, stride, start, end, scores, out),
+                3 => avx512::attend_heads::<3>(q, k, v, stride, start, end, scores, out),
+                _ => avx512::attend_heads::<4>(q, k, v, stride, start, end, scores, out),
             }
         }
         return;
