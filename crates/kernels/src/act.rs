@@ -41,6 +41,94 @@ pub struct QuantActs {
     pub dsum: Vec<f32>,
     /// m x k/16: `-32 * sum16` (Q6K, one correction per 16).
     pub corr32: Vec<i32>,
+    /// The same values in the AVX-512 kernels' order (see `Tiled`).
+    pub tiled: Tiled,
+}
+
+/// Rows of a pass in tiles of `TILE` (the last one may be shorter), and within
+/// a tile block-major: for the tile starting at row r0, of height mt, row
+/// r0 + i and 32-block b sit at
+/// - `qs[r0 * k + (b * mt + i) * 32..][..32]`,
+/// - `d`, `dsum`, `corr128`, `corr16` at `r0 * nb + b * mt + i`,
+/// - `corr32` at `2 * (r0 * nb + b * mt + i)` and the next word.
+///
+/// A kernel then finds everything one weight record needs for every row of a
+/// tile at constant offsets from one pointer: plain `base + disp` operands stay
+/// one fused uop, where `base + index` ones split in two on Intel cores.
+#[derive(Default, Clone)]
+pub struct Tiled {
+    pub qs: Vec<i8>,
+    pub d: Vec<f32>,
+    pub dsum: Vec<f32>,
+    pub corr128: Vec<i32>,
+    pub corr16: Vec<i32>,
+    pub corr32: Vec<i32>,
+}
+
+/// Row tile height of the AVX-512 kernels.
+pub const TILE: usize = 8;
+
+/// Row count from which the tiled copy is made in parallel.
+const RETILE_PAR_ROWS: usize = 64;
+
+/// The row-major arrays a tiled copy is made from.
+struct RowMajor<'a> {
+    k: usize,
+    qs: &'a [i8],
+    d: &'a [f32],
+    dsum: &'a [f32],
+    corr128: &'a [i32],
+    corr16: &'a [i32],
+    corr32: &'a [i32],
+}
+
+/// Whole tiles of a `Tiled`, from a tile-aligned row onwards.
+struct TiledMut<'a> {
+    qs: &'a mut [i8],
+    d: &'a mut [f32],
+    dsum: &'a mut [f32],
+    corr128: &'a mut [i32],
+    corr16: &'a mut [i32],
+    corr32: &'a mut [i32],
+}
+
+impl<'a> TiledMut<'a> {
+    /// Splits after `rows` rows of `k` (a multiple of `TILE` unless it is the end).
+    fn split(self, rows: usize, k: usize) -> (TiledMut<'a>, TiledMut<'a>) {
+        let nb = k / 32;
+        let (q0, q1) = self.qs.split_at_mut(rows * k);
+        let (d0, d1) = self.d.split_at_mut(rows * nb);
+        let (s0, s1) = self.dsum.split_at_mut(rows * nb);
+        let (a0, a1) = self.corr128.split_at_mut(rows * nb);
+        let (b0, b1) = self.corr16.split_at_mut(rows * nb);
+        let (c0, c1) = self.corr32.split_at_mut(2 * rows * nb);
+        (
+            TiledMut { qs: q0, d: d0, dsum: s0, corr128: a0, corr16: b0, corr32: c0 },
+            TiledMut { qs: q1, d: d1, dsum: s1, corr128: a1, corr16: b1, corr32: c1 },
+        )
+    }
+
+    /// Copies rows `r0..r1` of `m` (`r0` tile-aligned, where these slices start).
+    fn fill(self, src: &RowMajor, r0: usize, r1: usize, m: usize) {
+        let nb = src.k / 32;
+        let mut t0 = r0;
+        while t0 < r1 {
+            let mt = (m - t0).min(TILE);
+            for i in 0..mt {
+                let r = t0 + i;
+                for b in 0..nb {
+                    let (s, d) = (r * nb + b, (t0 - r0) * nb + b * mt + i);
+                    self.qs[d * 32..d * 32 + 32].copy_from_slice(&src.qs[s * 32..s * 32 + 32]);
+                    self.d[d] = src.d[s];
+                    self.dsum[d] = src.dsum[s];
+                    self.corr128[d] = src.corr128[s];
+                    self.corr16[d] = src.corr16[s];
+                    self.corr32[2 * d..2 * d + 2].copy_from_slice(&src.corr32[2 * s..2 * s + 2]);
+                }
+            }
+            t0 += mt;
+        }
+    }
 }
 
 /// Round to nearest, ties to even, for |v| < 2^22 (ggml's `nearest_int`).
@@ -167,6 +255,65 @@ impl QuantActs {
     /// Quantizes `x` (m rows of k, k a multiple of 32; of 256 for Q8_K), reusing buffers.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) {
         self.prepare(x, m, k, style).fill(x, style);
+        self.retile(None);
+    }
+
+    /// Fills `tiled` from the row-major arrays (only the AVX-512 kernels read
+    /// it, on any CPU that has them, whatever ISA is forced for the process);
+    /// tiles split over the pool's threads when there are many rows.
+    fn retile(&mut self, pool: Option<&Pool>) {
+        if !crate::matmul::avx512_available() {
+            return;
+        }
+        let (m, k) = (self.m, self.k);
+        let nb = k / 32;
+        let t = &mut self.tiled;
+        t.qs.resize(m * k, 0);
+        t.d.resize(m * nb, 0.0);
+        t.dsum.resize(m * nb, 0.0);
+        t.corr128.resize(m * nb, 0);
+        t.corr16.resize(m * nb, 0);
+        t.corr32.resize(2 * m * nb, 0);
+        let src = RowMajor {
+            k,
+            qs: &self.qs,
+            d: &self.d,
+            dsum: &self.dsum,
+            corr128: &self.corr128,
+            corr16: &self.corr16,
+            corr32: &self.corr32,
+        };
+        let mut rest = TiledMut {
+            qs: &mut t.qs,
+            d: &mut t.d,
+            dsum: &mut t.dsum,
+            corr128: &mut t.corr128,
+            corr16: &mut t.corr16,
+            corr32: &mut t.corr32,
+        };
+        let tiles = m.div_ceil(TILE);
+        let nt = match pool {
+            Some(p) if m >= RETILE_PAR_ROWS => p.threads().min(tiles),
+            _ => 1,
+        };
+        if nt <= 1 {
+            return rest.fill(&src, 0, m, m);
+        }
+        let mut parts = Vec::with_capacity(nt);
+        let mut r0 = 0;
+        for i in 0..nt {
+            let r1 = (tiles * (i + 1) / nt * TILE).min(m);
+            let (head, tail) = rest.split(r1 - r0, k);
+            parts.push(Mutex::new(Some((head, r0, r1))));
+            rest = tail;
+            r0 = r1;
+        }
+        pool.expect("nt > 1 needs a pool").run(&|i| {
+            let part = parts.get(i).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take());
+            if let Some((dst, r0, r1)) = part {
+                dst.fill(&src, r0, r1, m);
+            }
+        });
     }
 
     /// As `quantize`, with the rows split over the pool's threads. Each row is
@@ -192,6 +339,7 @@ impl QuantActs {
                 rows.fill(xs, style);
             }
         });
+        self.retile(Some(pool));
     }
 }
 

@@ -125,18 +125,19 @@ fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
     assert!(!simd_isas.is_empty() || !cfg!(target_arch = "x86_64") || !avx2::available());
     let mut rng = Rng(12345);
     let pool = Pool::new(2);
-    for ty in TYPES {
+    // 13 rows: a full tile of 8 and a short one; 70: the tiled copy of the
+    // activations is made in parallel, ending in a short tile.
+    for (ty, m) in TYPES.into_iter().flat_map(|ty| [(ty, 13), (ty, 70)]) {
         let (n, k) = (48, 512);
         let data = random_matrix(ty, n, k, &mut rng);
         let w = PackedMatrix::from_gguf(ty, &data, n, k).unwrap();
-        let m = 13;
         let x = random_acts(m, k, &mut rng);
         let mut qa = ActScratch::default();
         let mut simd = vec![0f32; m * n];
         let mut sc = vec![0f32; m * n];
         matmul(&pool, Isa::Avx512Vnni, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut simd }]);
         matmul(&pool, Isa::Scalar, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut sc }]);
-        assert_eq!(simd, sc, "{ty}: SIMD and scalar differ");
+        assert_eq!(simd, sc, "{ty}, {m} rows: SIMD and scalar differ");
         for &isa in &simd_isas {
             let mut other = vec![0f32; m * n];
             matmul(&pool, isa, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut other }]);
@@ -153,7 +154,7 @@ fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
                 &mut qa,
                 &mut [MatmulJob { w: &w, out: &mut one }],
             );
-            assert_eq!(&one[..], &simd[r * n..(r + 1) * n], "{ty}: row {r} depends on the batch");
+            assert_eq!(&one[..], &simd[r * n..(r + 1) * n], "{ty}: row {r} of {m} depends on the batch");
         }
     }
 }

@@ -55,6 +55,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
         PackedKind::Q6K => K_Q6K,
         PackedKind::F32 => unreachable!(),
     };
+    assert!(a.tiled.qs.len() == a.m * a.k && a.tiled.d.len() == a.m * w.blocks(), "activations not tiled");
     let gbytes = w.blocks() * record_bytes(kind);
     let chunk = (CHUNK_BYTES / gbytes).max(1);
     let tiles = a.m.div_ceil(8);
@@ -114,6 +115,16 @@ impl Prefetch {
         }
         self.at = self.at.wrapping_add(self.per_record);
     }
+}
+
+/// `p`, hidden from the optimiser so that it stays the base register of
+/// `base + disp` operands instead of being folded into `base + index` ones.
+#[inline(always)]
+#[allow(clippy::pointers_in_nomem_asm_block)] // the block reads nothing: it only hides the value
+fn opaque<T>(mut p: *const T) -> *const T {
+    // SAFETY: an empty asm block that only claims to modify a register.
+    unsafe { std::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags)) };
+    p
 }
 
 #[inline(always)]
@@ -198,6 +209,9 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
     let bc = |v: *const i32| _mm512_set1_epi32(*v);
     let bf = |v: *const f32| _mm512_set1_ps(*v);
     let nsb = nb.div_ceil(8);
+    let t = &a.tiled;
+    let tq = t.qs.as_ptr().add(r0 * a.k);
+    let tw = r0 * nb;
     for g in g0..g1 {
         let mut acc = [_mm512_setzero_ps(); MT];
         let grec = base.add(g * nb * rb);
@@ -214,18 +228,22 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
             }
             pf.step();
             let u = decode::<KIND>(rec);
+            // This record's activations and per-block words for the tile's
+            // rows, at constant offsets (see `act::Tiled`).
+            let wb = tw + b * MT;
+            let qb = opaque(tq.add(b * MT * 32));
+            let (dp, sp) = (opaque(t.d.as_ptr().add(wb)), opaque(t.dsum.as_ptr().add(wb)));
             let mut qp = [std::ptr::null::<i8>(); MT];
             let mut ai = [_mm512_setzero_si512(); MT];
             let mut ai2 = [_mm512_setzero_si512(); MT];
             for i in 0..MT {
-                let rb_ = (r0 + i) * nb + b;
-                qp[i] = a.qs.as_ptr().add((r0 + i) * a.k + b * 32);
+                qp[i] = qb.add(i * 32);
                 match KIND {
-                    K_Q8S => ai[i] = bc(a.corr128.as_ptr().add(rb_)),
-                    K_Q5S => ai[i] = bc(a.corr16.as_ptr().add(rb_)),
+                    K_Q8S => ai[i] = bc(t.corr128.as_ptr().add(wb + i)),
+                    K_Q5S => ai[i] = bc(t.corr16.as_ptr().add(wb + i)),
                     K_Q6K => {
-                        ai[i] = bc(a.corr32.as_ptr().add(2 * rb_));
-                        ai2[i] = bc(a.corr32.as_ptr().add(2 * rb_ + 1));
+                        ai[i] = bc(t.corr32.as_ptr().add(2 * (wb + i)));
+                        ai2[i] = bc(t.corr32.as_ptr().add(2 * (wb + i) + 1));
                     }
                     _ => {}
                 }
@@ -250,7 +268,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                     let so = if KIND == K_Q8S { 512 } else { 320 };
                     let s = _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(so) as *const _));
                     for i in 0..MT {
-                        let da = bf(a.d.as_ptr().add((r0 + i) * nb + b));
+                        let da = bf(dp.add(i));
                         let tot = _mm512_add_epi32(ai[i], ai2[i]);
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(s, da), acc[i]);
                     }
@@ -265,11 +283,10 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                         (_mm512_mul_ps(sbd, sc), _mm512_mul_ps(sbm, mq))
                     };
                     for i in 0..MT {
-                        let rb_ = (r0 + i) * nb + b;
-                        let da = bf(a.d.as_ptr().add(rb_));
+                        let da = bf(dp.add(i));
                         let tot = _mm512_add_epi32(ai[i], ai2[i]);
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(s, da), acc[i]);
-                        acc[i] = _mm512_fnmadd_ps(m, bf(a.dsum.as_ptr().add(rb_)), acc[i]);
+                        acc[i] = _mm512_fnmadd_ps(m, bf(sp.add(i)), acc[i]);
                     }
                 }
                 _ => {
@@ -278,7 +295,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                         |o: usize| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(rec.add(o) as *const _)));
                     let (s0v, s1v) = (_mm512_mul_ps(sbd, sc(384)), _mm512_mul_ps(sbd, sc(400)));
                     for i in 0..MT {
-                        let da = bf(a.d.as_ptr().add((r0 + i) * nb + b));
+                        let da = bf(dp.add(i));
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[i]), _mm512_mul_ps(s0v, da), acc[i]);
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai2[i]), _mm512_mul_ps(s1v, da), acc[i]);
                     }

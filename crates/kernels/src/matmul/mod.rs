@@ -25,6 +25,14 @@ pub enum Isa {
     Avx512Vnni,
 }
 
+/// Whether this CPU runs the AVX-512 kernels (whatever `SPECDEC_ISA` says).
+pub(crate) fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// The best available ISA; `SPECDEC_ISA=scalar` or `avx2` caps it.
 pub fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
