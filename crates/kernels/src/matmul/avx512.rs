@@ -10,7 +10,10 @@
 
 use std::arch::x86_64::*;
 
-use crate::act::QuantActs;
+use crate::act::{QuantActs, TILE};
+
+// The row tiles below are dispatched for heights 1..=8.
+const _: () = assert!(TILE == 8);
 use crate::pack::{PackedKind, PackedMatrix};
 
 const K_Q8S: u8 = 0;
@@ -58,7 +61,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
     assert!(a.tiled.qs.len() == a.m * a.k && a.tiled.d.len() == a.m * w.blocks(), "activations not tiled");
     let gbytes = w.blocks() * record_bytes(kind);
     let chunk = (CHUNK_BYTES / gbytes).max(1);
-    let tiles = a.m.div_ceil(8);
+    let tiles = a.m.div_ceil(TILE);
     // Every tile pass over a chunk prefetches its share of what lies ahead,
     // so memory stays busy while later tiles compute on cached weights.
     let mut pf = Prefetch {
@@ -70,7 +73,7 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
         let c1 = (c0 + chunk).min(g1);
         let mut r0 = 0;
         while r0 < a.m {
-            let mt = (a.m - r0).min(8);
+            let mt = (a.m - r0).min(TILE);
             macro_rules! go {
                 ($k:expr) => {
                     match mt {
