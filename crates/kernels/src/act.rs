@@ -292,13 +292,10 @@ impl QuantActs {
             corr32: &mut t.corr32,
         };
         let tiles = m.div_ceil(TILE);
-        let nt = match pool {
-            Some(p) if m >= RETILE_PAR_ROWS => p.threads().min(tiles),
-            _ => 1,
+        let (pool, nt) = match pool {
+            Some(p) if m >= RETILE_PAR_ROWS && p.threads().min(tiles) > 1 => (p, p.threads().min(tiles)),
+            _ => return rest.fill(&src, 0, m, m),
         };
-        if nt <= 1 {
-            return rest.fill(&src, 0, m, m);
-        }
         let mut parts = Vec::with_capacity(nt);
         let mut r0 = 0;
         for i in 0..nt {
@@ -308,7 +305,7 @@ impl QuantActs {
             rest = tail;
             r0 = r1;
         }
-        pool.expect("nt > 1 needs a pool").run(&|i| {
+        pool.run(&|i| {
             let part = parts.get(i).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take());
             if let Some((dst, r0, r1)) = part {
                 dst.fill(&src, r0, r1, m);
