@@ -10,7 +10,7 @@ pub mod pool;
 pub mod quant;
 
 pub use act::{ActScratch, ActStyle, QuantActs};
-pub use matmul::{attend, attend_heads, axpy, dot, isa, matmul, matmul_alloc, Isa, MatmulJob};
+pub use matmul::{attend, attend_heads, attend_rows, axpy, dot, isa, matmul, matmul_alloc, Isa, MatmulJob};
 pub use pack::{PackedKind, PackedMatrix};
 pub use pool::Pool;
 

@@ -247,6 +247,48 @@ fn grouped_attention_equals_per_head_reference() {
     }
 }
 
+/// Many query rows in one pass over the keys (`attend_rows`: causal, sliding
+/// window, ranges across key blocks, padded row strides) equal one scalar
+/// `attend_heads` call per row, bit for bit, on every ISA.
+#[test]
+fn attention_over_many_rows_equals_one_call_per_row() {
+    let mut rng = Rng(11);
+    let (hd, kv_heads, n_keys) = (32usize, 2usize, 400usize);
+    let stride = kv_heads * hd;
+    let k = random_acts(n_keys, stride, &mut rng);
+    let v = random_acts(n_keys, stride, &mut rng);
+    let kvh = hd; // second key/value head
+    let cases: &[(usize, usize, usize, Option<usize>)] = &[
+        (4, 8, 300, None),
+        (4, 5, 390, Some(150)),
+        (2, 16, 0, Some(7)),
+        (1, 3, 128, None),
+        (3, 7, 250, Some(200)),
+        (5, 2, 60, None),
+    ];
+    for &(g, rows, first, window) in cases {
+        let (qs, os) = (g * hd + 5, g * hd + 3);
+        let q = random_acts(rows, qs, &mut rng);
+        let ranges: Vec<(usize, usize)> =
+            (first..first + rows).map(|pos| (window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos)).collect();
+        let mut scores = Vec::new();
+        let mut want = vec![f32::NAN; rows * os];
+        for (i, &(s, e)) in ranges.iter().enumerate() {
+            let (qi, wi) = (&q[i * qs..][..g * hd], &mut want[i * os..][..g * hd]);
+            specdec_kernels::attend_heads(Isa::Scalar, g, qi, &k[kvh..], &v[kvh..], stride, s, e, &mut scores, wi);
+        }
+        for isa in isas() {
+            let mut got = vec![f32::NAN; rows * os];
+            let (kh, vh) = (&k[kvh..], &v[kvh..]);
+            specdec_kernels::attend_rows(isa, g, hd, &q, qs, kh, vh, stride, &ranges, &mut scores, &mut got, os);
+            for i in 0..rows {
+                let bits = |x: &[f32]| x[i * os..][..g * hd].iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{isa:?} g {g} row {i} keys {:?}", ranges[i]);
+            }
+        }
+    }
+}
+
 /// The softmax exp is accurate (within 2 ulp-ish relative error against f64)
 /// and the SIMD softmax equals the scalar one bit for bit, tails included.
 #[test]

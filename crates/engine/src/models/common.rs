@@ -5,7 +5,7 @@
 
 use specdec_gguf::{GgufFile, TensorInfo};
 use specdec_kernels::quant::dequantize_row;
-use specdec_kernels::{attend_heads, Isa, Pool};
+use specdec_kernels::{attend_rows, Isa, Pool};
 
 use crate::{BatchItem, EngineError, KvCache, LogitRows, Model};
 
@@ -146,30 +146,53 @@ pub fn attention(
     let out_ptr = SendPtr(out.as_mut_ptr());
     let nt = pool.threads();
     // Heads of a key/value group go through one pass (each key and value row
-    // read once for all of them); short passes split groups so every thread
+    // read once for all of them), and so do up to ROWS consecutive rows of one
+    // sequence (a long prompt's keys and values come from memory once per
+    // block of rows). Short passes split groups and blocks so every thread
     // has work. Per-head arithmetic is the same either way.
+    const ROWS: usize = 16;
     let mut gs = group;
     while gs.is_multiple_of(2) && m * nh / gs < 2 * nt {
         gs /= 2;
     }
     let per_row = nh / gs;
-    let tasks = m * per_row;
+    let mut rb = ROWS;
+    while rb > 1 && m.div_ceil(rb) * per_row < 2 * nt {
+        rb /= 2;
+    }
+    // Blocks of consecutive rows of one sequence: (first row, rows).
+    let mut blocks: Vec<(usize, usize)> = Vec::with_capacity(m.div_ceil(rb));
+    for i in 0..m {
+        match blocks.last_mut() {
+            Some((i0, n)) if *n < rb && rows.seq[*i0] == rows.seq[i] && rows.pos[*i0] + *n == rows.pos[i] => *n += 1,
+            _ => blocks.push((i, 1)),
+        }
+    }
+    let tasks = blocks.len() * per_row;
     pool.run(&|t| {
         let mut scores = Vec::new();
-        let mut acc = vec![0f32; gs * hd];
+        let mut acc = vec![0f32; rb * gs * hd];
+        let mut ranges = Vec::with_capacity(rb);
         // Strided, not blocked: later rows attend to more positions, so
         // interleaving balances the threads.
         for task in (t..tasks).step_by(nt) {
-            let (i, h0) = (task / per_row, (task % per_row) * gs);
-            let pos = rows.pos[i];
-            let (kc, vc) = caches[rows.seq[i]];
-            let start = shape.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let qh = &q[i * nh * hd + h0 * hd..][..gs * hd];
+            let ((i0, n), h0) = (blocks[task / per_row], (task % per_row) * gs);
+            let (kc, vc) = caches[rows.seq[i0]];
+            ranges.clear();
+            ranges.extend(
+                rows.pos[i0..i0 + n].iter().map(|&pos| (shape.window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos)),
+            );
+            let qh = &q[i0 * nh * hd + h0 * hd..];
             let kvh = (h0 / group) * hd;
             let (kh, vh) = (&kc[kvh..], &vc[kvh..]);
-            attend_heads(isa, gs, qh, kh, vh, kv_dim, start, pos, &mut scores, &mut acc);
-            // SAFETY: each (row, heads) slice is written by exactly one task.
-            unsafe { std::ptr::copy_nonoverlapping(acc.as_ptr(), out_ptr.get().add(i * nh * hd + h0 * hd), gs * hd) };
+            attend_rows(isa, gs, hd, qh, nh * hd, kh, vh, kv_dim, &ranges, &mut scores, &mut acc, gs * hd);
+            for i in 0..n {
+                // SAFETY: each (row, heads) slice is written by exactly one task.
+                unsafe {
+                    let dst = out_ptr.get().add((i0 + i) * nh * hd + h0 * hd);
+                    std::ptr::copy_nonoverlapping(acc.as_ptr().add(i * gs * hd), dst, gs * hd)
+                };
+            }
         }
     });
 }

@@ -423,24 +423,302 @@ pub unsafe fn attend_heads<const G: usize>(
     out: &mut [f32],
 ) {
     let hd = q.len() / G;
-    debug_assert!(hd.is_multiple_of(16) && out.len() == G * hd);
-    let n = end + 1 - start;
-    let nc = hd / 16;
+    attend_rows::<G>(q, 0, hd, k, v, stride, &[(start, end)], scores, out, 0)
+}
+
+/// Keys per block in `attend_rows`: the rows of one call share a pass over a
+/// block (K or V: 128 rows of 1 KB at Gemma 3's shapes stay in L2).
+const KEY_BLOCK: usize = 128;
+
+/// `attend_heads` for several query rows at once: row i has its G heads at
+/// `q[i * qs..]`, writes `out[i * os..]` and attends keys `ranges[i]`
+/// (inclusive). Every score and every value accumulator goes through the
+/// operations of `attend_heads` in the same order, so each row equals a
+/// separate call bit for bit; only the loop order differs. The rows take turns
+/// on one block of keys at a time, so a long prompt's keys and values (which
+/// outgrow L2) come from memory once per call instead of once per row; and
+/// over the keys that all rows of a group of RR attend, one load of a key or
+/// value chunk serves the RR rows (the kernels are bound by those loads).
+/// `scores` becomes rows x G x (longest range).
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn attend_rows<const G: usize>(
+    q: &[f32],
+    qs: usize,
+    hd: usize,
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    ranges: &[(usize, usize)],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    os: usize,
+) {
+    // RR x G x CW value accumulators and 2 x RR x G score accumulators fit
+    // the 32 registers.
+    match G {
+        1 => attend_rows_rr::<G, 4, 4>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+        2 => attend_rows_rr::<G, 4, 2>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+        _ => attend_rows_rr::<G, 2, 2>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_rows_rr<const G: usize, const RR: usize, const CW: usize>(
+    q: &[f32],
+    qs: usize,
+    hd: usize,
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    ranges: &[(usize, usize)],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    os: usize,
+) {
+    let rows = ranges.len();
+    assert!(rows > 0 && hd.is_multiple_of(16), "attend_rows: no rows, or head dim not a multiple of 16");
+    assert!(q.len() >= (rows - 1) * qs + G * hd && out.len() >= (rows - 1) * os + G * hd, "q or out too short");
+    for &(s, e) in ranges {
+        assert!(s <= e && e * stride + hd <= k.len().min(v.len()), "keys out of range");
+    }
+    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let nmax = ranges.iter().map(|r| r.1 + 1 - r.0).max().unwrap_or(0);
     scores.clear();
-    scores.resize(G * n, 0.0);
-    let (qp, kp, vp, sp) = (q.as_ptr(), k.as_ptr(), v.as_ptr(), scores.as_mut_ptr());
-    assert!(start <= end && end * stride + hd <= k.len().min(v.len()), "keys out of range");
-    // scores: KK keys at a time (each query chunk load serves KK keys, each
-    // key chunk load G heads); per score the same fma order and reduction
-    const KK: usize = 4;
+    scores.resize(rows * G * nmax, 0.0);
+    let (qp, kp, vp, sp, op) = (q.as_ptr(), k.as_ptr(), v.as_ptr(), scores.as_mut_ptr(), out.as_mut_ptr());
+    let groups = rows / RR;
+    // The part of block `b0..b1` that row i attends (maybe empty).
+    let span = |i: usize, b0: usize, b1: usize| (b0.max(ranges[i].0), b1.min(ranges[i].1 + 1));
+    // The part that every row of group gi attends (maybe empty).
+    let joint = |gi: usize, b0: usize, b1: usize| {
+        let r = &ranges[gi * RR..(gi + 1) * RR];
+        (r.iter().map(|x| x.0).max().unwrap_or(0).max(b0), r.iter().map(|x| x.1 + 1).min().unwrap_or(0).min(b1))
+    };
+    // Row i's keys j0..j1 (a piece of its range) of scores and of values.
+    let score_of = |i: usize, j0: usize| sp.add(i * G * nmax + j0 - ranges[i].0);
+    let score_piece = |i: usize, j0: usize, j1: usize| {
+        if j0 < j1 {
+            scores_span::<G>(qp.add(i * qs), hd, kp, stride, j0, j1, score_of(i, j0), nmax);
+        }
+    };
+    let value_piece = |i: usize, j0: usize, j1: usize| {
+        if j0 < j1 {
+            let (p, vr, o) = (score_of(i, j0) as *const f32, vp.add(j0 * stride), op.add(i * os));
+            let first = j0 == ranges[i].0;
+            let mut c = 0;
+            while c + 4 <= hd / 16 {
+                values_block::<G, 4>(p, nmax, j1 - j0, vr.add(16 * c), stride, o.add(16 * c), hd, first);
+                c += 4;
+            }
+            while c < hd / 16 {
+                values_block::<G, 1>(p, nmax, j1 - j0, vr.add(16 * c), stride, o.add(16 * c), hd, first);
+                c += 1;
+            }
+        }
+    };
+    let mut b0 = lo;
+    while b0 <= hi {
+        let b1 = (b0 + KEY_BLOCK).min(hi + 1);
+        for gi in 0..groups {
+            let (x0, x1) = joint(gi, b0, b1);
+            let rs = gi * RR..(gi + 1) * RR;
+            if x0 < x1 {
+                let qr: [*const f32; RR] = std::array::from_fn(|r| qp.add((gi * RR + r) * qs));
+                let sr: [*mut f32; RR] = std::array::from_fn(|r| score_of(gi * RR + r, x0));
+                scores_joint::<G, RR>(qr, hd, kp, stride, x0, x1, sr, nmax);
+                for i in rs {
+                    let (j0, j1) = span(i, b0, b1);
+                    score_piece(i, j0, x0);
+                    score_piece(i, x1, j1);
+                }
+            } else {
+                for i in rs {
+                    let (j0, j1) = span(i, b0, b1);
+                    score_piece(i, j0, j1);
+                }
+            }
+        }
+        for i in groups * RR..rows {
+            let (j0, j1) = span(i, b0, b1);
+            score_piece(i, j0, j1);
+        }
+        b0 = b1;
+    }
+    for (i, &(s, e)) in ranges.iter().enumerate() {
+        for h in 0..G {
+            let at = (i * G + h) * nmax;
+            softmax(&mut scores[at..at + e + 1 - s]);
+        }
+    }
+    // Values: every row's keys in order (its piece before the joint keys,
+    // the joint keys, its piece after), accumulators kept in `out` between.
+    let sp = scores.as_mut_ptr();
+    let score_of = |i: usize, j0: usize| sp.add(i * G * nmax + j0 - ranges[i].0) as *const f32;
+    let mut b0 = lo;
+    while b0 <= hi {
+        let b1 = (b0 + KEY_BLOCK).min(hi + 1);
+        for gi in 0..groups {
+            let (x0, x1) = joint(gi, b0, b1);
+            let rs = gi * RR..(gi + 1) * RR;
+            if x0 < x1 {
+                for i in rs.clone() {
+                    value_piece(i, span(i, b0, b1).0, x0);
+                }
+                let pr: [*const f32; RR] = std::array::from_fn(|r| score_of(gi * RR + r, x0));
+                let first: [bool; RR] = std::array::from_fn(|r| x0 == ranges[gi * RR + r].0);
+                let mut c = 0;
+                while c + CW <= hd / 16 {
+                    let or: [*mut f32; RR] = std::array::from_fn(|r| op.add((gi * RR + r) * os + 16 * c));
+                    let vr = vp.add(x0 * stride + 16 * c);
+                    values_joint::<G, RR, CW>(pr, nmax, x1 - x0, vr, stride, or, hd, first);
+                    c += CW;
+                }
+                while c < hd / 16 {
+                    let or: [*mut f32; RR] = std::array::from_fn(|r| op.add((gi * RR + r) * os + 16 * c));
+                    let vr = vp.add(x0 * stride + 16 * c);
+                    values_joint::<G, RR, 1>(pr, nmax, x1 - x0, vr, stride, or, hd, first);
+                    c += 1;
+                }
+                for i in rs {
+                    value_piece(i, x1, span(i, b0, b1).1);
+                }
+            } else {
+                for i in rs {
+                    let (j0, j1) = span(i, b0, b1);
+                    value_piece(i, j0, j1);
+                }
+            }
+        }
+        for i in groups * RR..rows {
+            let (j0, j1) = span(i, b0, b1);
+            value_piece(i, j0, j1);
+        }
+        b0 = b1;
+    }
+}
+
+/// `scores_span` for RR rows over the same keys `j0..j1`: row r's queries at
+/// `q[r]`, its scores at `s[r]`. Each key chunk load serves RR x G query
+/// chunks; per score the same fma chain and `reduce16`.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scores_joint<const G: usize, const RR: usize>(
+    q: [*const f32; RR],
+    hd: usize,
+    k: *const f32,
+    stride: usize,
+    j0: usize,
+    j1: usize,
+    s: [*mut f32; RR],
+    hs: usize,
+) {
+    const KK: usize = 2;
+    let (n, nc) = (j1 - j0, hd / 16);
     let mut j = 0;
     while j < n {
-        let kr: [*const f32; KK] = std::array::from_fn(|t| kp.add((start + (j + t).min(n - 1)) * stride));
+        let kr: [*const f32; KK] = std::array::from_fn(|t| k.add((j0 + (j + t).min(n - 1)) * stride));
+        let mut a = [[[_mm512_setzero_ps(); G]; RR]; KK];
+        for c in 0..nc {
+            let kv: [__m512; KK] = std::array::from_fn(|t| _mm512_loadu_ps(kr[t].add(16 * c)));
+            for r in 0..RR {
+                for h in 0..G {
+                    let qv = _mm512_loadu_ps(q[r].add(h * hd + 16 * c));
+                    for t in 0..KK {
+                        a[t][r][h] = _mm512_fmadd_ps(qv, kv[t], a[t][r][h]);
+                    }
+                }
+            }
+        }
+        for r in 0..RR {
+            for h in 0..G {
+                for t in 0..KK.min(n - j) {
+                    *s[r].add(h * hs + j + t) = reduce16(a[t][r][h]);
+                }
+            }
+        }
+        j += KK;
+    }
+}
+
+/// `values_block` for RR rows over the same n keys: row r's probabilities
+/// at `p[r]`, its output at `out[r]`. Each value chunk load serves RR x G
+/// accumulators; per accumulator the same fma sequence.
+#[target_feature(enable = "avx512f,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn values_joint<const G: usize, const RR: usize, const CW: usize>(
+    p: [*const f32; RR],
+    hs: usize,
+    n: usize,
+    v: *const f32,
+    stride: usize,
+    out: [*mut f32; RR],
+    hd: usize,
+    first: [bool; RR],
+) {
+    let mut acc = [[[_mm512_setzero_ps(); CW]; G]; RR];
+    for r in 0..RR {
+        if !first[r] {
+            for h in 0..G {
+                for t in 0..CW {
+                    acc[r][h][t] = _mm512_loadu_ps(out[r].add(h * hd + 16 * t));
+                }
+            }
+        }
+    }
+    for j in 0..n {
+        let vr = v.add(j * stride);
+        let vv: [__m512; CW] = std::array::from_fn(|t| _mm512_loadu_ps(vr.add(16 * t)));
+        for r in 0..RR {
+            for h in 0..G {
+                let pv = _mm512_set1_ps(*p[r].add(h * hs + j));
+                for t in 0..CW {
+                    acc[r][h][t] = _mm512_fmadd_ps(pv, vv[t], acc[r][h][t]);
+                }
+            }
+        }
+    }
+    for r in 0..RR {
+        for h in 0..G {
+            for t in 0..CW {
+                _mm512_storeu_ps(out[r].add(h * hd + 16 * t), acc[r][h][t]);
+            }
+        }
+    }
+}
+
+/// Scores of keys `j0..j1` for G heads (`q`: G x hd): key j's score for head
+/// h goes to `s[h * hs + j - j0]`. Per score: 16-lane fma chain over the
+/// head's chunks in order, then `reduce16`.
+#[target_feature(enable = "avx512f,avx512dq,fma")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn scores_span<const G: usize>(
+    q: *const f32,
+    hd: usize,
+    k: *const f32,
+    stride: usize,
+    j0: usize,
+    j1: usize,
+    s: *mut f32,
+    hs: usize,
+) {
+    // KK keys at a time: each query chunk load serves KK keys, each key chunk
+    // load G heads
+    const KK: usize = 4;
+    let (n, nc) = (j1 - j0, hd / 16);
+    let mut j = 0;
+    while j < n {
+        let kr: [*const f32; KK] = std::array::from_fn(|t| k.add((j0 + (j + t).min(n - 1)) * stride));
         let mut a = [[_mm512_setzero_ps(); G]; KK];
         for c in 0..nc {
             let kv: [__m512; KK] = std::array::from_fn(|t| _mm512_loadu_ps(kr[t].add(16 * c)));
             for h in 0..G {
-                let qv = _mm512_loadu_ps(qp.add(h * hd + 16 * c));
+                let qv = _mm512_loadu_ps(q.add(h * hd + 16 * c));
                 for t in 0..KK {
                     a[t][h] = _mm512_fmadd_ps(qv, kv[t], a[t][h]);
                 }
@@ -448,42 +726,38 @@ pub unsafe fn attend_heads<const G: usize>(
         }
         for h in 0..G {
             for t in 0..KK.min(n - j) {
-                *sp.add(h * n + j + t) = reduce16(a[t][h]);
+                *s.add(h * hs + j + t) = reduce16(a[t][h]);
             }
         }
         j += KK;
     }
-    for h in 0..G {
-        softmax(&mut scores[h * n..(h + 1) * n]);
-    }
-    // values: four 16-lane chunks of every head at a time, keys in order
-    let sp = scores.as_ptr();
-    let op = out.as_mut_ptr();
-    let mut c = 0;
-    while c + 4 <= nc {
-        values_block::<G, 4>(sp, n, vp.add(start * stride + 16 * c), stride, op.add(16 * c), hd);
-        c += 4;
-    }
-    while c < nc {
-        values_block::<G, 1>(sp, n, vp.add(start * stride + 16 * c), stride, op.add(16 * c), hd);
-        c += 1;
-    }
 }
 
-/// out[h][0..16*CW] = sum over keys j of p[h][j] * v[j][0..16*CW], j in order
-/// (one fma per key: `axpy`'s arithmetic). Const sizes keep the G x CW
+/// out[h][0..16*CW] (+)= sum over keys j < n of p[h * hs + j] * v[j][0..16*CW],
+/// j in order (one fma per key: `axpy`'s arithmetic), starting from zero when
+/// `first`, else from what `out` holds. Const sizes keep the G x CW
 /// accumulators in registers.
 #[target_feature(enable = "avx512f,fma")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn values_block<const G: usize, const CW: usize>(
     p: *const f32,
+    hs: usize,
     n: usize,
     v: *const f32,
     stride: usize,
     out: *mut f32,
     hd: usize,
+    first: bool,
 ) {
     let mut acc = [[_mm512_setzero_ps(); CW]; G];
+    if !first {
+        for h in 0..G {
+            for t in 0..CW {
+                acc[h][t] = _mm512_loadu_ps(out.add(h * hd + 16 * t));
+            }
+        }
+    }
     for j in 0..n {
         let vr = v.add(j * stride);
         let mut vv = [_mm512_setzero_ps(); CW];
@@ -491,7 +765,7 @@ unsafe fn values_block<const G: usize, const CW: usize>(
             vv[t] = _mm512_loadu_ps(vr.add(16 * t));
         }
         for h in 0..G {
-            let pv = _mm512_set1_ps(*p.add(h * n + j));
+            let pv = _mm512_set1_ps(*p.add(h * hs + j));
             for t in 0..CW {
                 acc[h][t] = _mm512_fmadd_ps(pv, vv[t], acc[h][t]);
             }

@@ -273,6 +273,51 @@ pub fn attend_heads(
     }
 }
 
+/// `attend_heads` for several query rows that share keys and values (one
+/// sequence): row i has its `g` heads of `hd` at `q[i * qs..]`, attends keys
+/// `ranges[i].0..=ranges[i].1` and writes `out[i * os..]`. Equal bit for bit to
+/// one `attend_heads` call per row; faster for many rows (long prompts), as
+/// the rows share each pass over the keys and values.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows(
+    isa: Isa,
+    g: usize,
+    hd: usize,
+    q: &[f32],
+    qs: usize,
+    k: &[f32],
+    v: &[f32],
+    stride: usize,
+    ranges: &[(usize, usize)],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    os: usize,
+) {
+    let Some(rows) = ranges.len().checked_sub(1) else { return };
+    assert!(
+        q.len() >= rows * qs + g * hd && out.len() >= rows * os + g * hd,
+        "q and out must hold {} rows of {g} heads",
+        rows + 1
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && (1..=4).contains(&g) {
+        // SAFETY: chosen only when available; shapes checked above and in the kernel.
+        unsafe {
+            match g {
+                1 => avx512::attend_rows::<1>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                2 => avx512::attend_rows::<2>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                3 => avx512::attend_rows::<3>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                _ => avx512::attend_rows::<4>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+            }
+        }
+        return;
+    }
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        let (qi, oi) = (&q[i * qs..][..g * hd], &mut out[i * os..][..g * hd]);
+        attend_heads(isa, g, qi, k, v, stride, start, end, scores, oi);
+    }
+}
+
 /// The attention arithmetic, given the ISA's dot product and axpy (both
 /// back-ends share it, so they agree bit for bit).
 #[allow(clippy::too_many_arguments)]
