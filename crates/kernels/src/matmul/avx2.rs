@@ -125,6 +125,8 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
     for g in g0..g1 {
         for h in 0..2 {
             let mut acc = [_mm256_setzero_ps(); MT];
+            // Q4K/Q6K: the super-block's terms before d (and dmin), see scalar.rs.
+            let (mut f, mut mn) = ([_mm256_setzero_ps(); MT], [_mm256_setzero_ps(); MT]);
             for b in 0..nb {
                 let rec = base.add((g * nb + b) * rb);
                 let mut ai = [_mm256_setzero_si256(); MT];
@@ -159,40 +161,41 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                             };
                             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(s, dav), acc[i]);
                         }
-                        2 | 4 => {
-                            let (s, m) = if KIND == 2 {
-                                (
-                                    _mm256_loadu_ps(rec.add(256 + 32 * h) as *const f32),
-                                    _mm256_loadu_ps(rec.add(320 + 32 * h) as *const f32),
-                                )
-                            } else {
-                                // d * sc and dmin * mq, the same f32 products as Q4A's packing.
-                                let sb = w.sb.as_ptr().add((g * nb.div_ceil(8) + b / 8) * w.sb_stride() + 8 * h);
-                                let u8s = |o: usize| {
-                                    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                                        rec.add(o + 8 * h) as *const _
-                                    )))
-                                };
-                                (
-                                    _mm256_mul_ps(_mm256_loadu_ps(sb), u8s(256)),
-                                    _mm256_mul_ps(_mm256_loadu_ps(sb.add(16)), u8s(272)),
-                                )
-                            };
+                        2 => {
+                            let s = _mm256_loadu_ps(rec.add(256 + 32 * h) as *const f32);
+                            let m = _mm256_loadu_ps(rec.add(320 + 32 * h) as *const f32);
                             acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai[i]), _mm256_mul_ps(s, dav), acc[i]);
                             acc[i] = _mm256_fnmadd_ps(m, _mm256_set1_ps(da * (s0 + s1) as f32), acc[i]);
                         }
+                        4 => {
+                            let u8s = |o: usize| {
+                                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                    _mm_loadl_epi64(rec.add(o + 8 * h) as *const _),
+                                ))
+                            };
+                            f[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ai[i]), u8s(256), f[i]);
+                            mn[i] = _mm256_fmadd_ps(u8s(272), _mm256_set1_ps(da * (s0 + s1) as f32), mn[i]);
+                        }
                         _ => {
-                            let d = _mm256_loadu_ps(
-                                w.sb.as_ptr().add((g * nb.div_ceil(8) + b / 8) * w.sb_stride() + 8 * h),
-                            );
                             for (half, (sum, sh)) in [(ai[i], s0), (ai2[i], s1)].into_iter().enumerate() {
-                                // d * sc, the product ggml's dequantization uses.
                                 let sc = _mm_loadl_epi64(rec.add(384 + 16 * half + 8 * h) as *const _);
-                                let s = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)));
                                 let tot = _mm256_add_epi32(sum, _mm256_set1_epi32(-c * sh));
-                                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(s, dav), acc[i]);
+                                f[i] = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(tot),
+                                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)),
+                                    f[i],
+                                );
                             }
                         }
+                    }
+                    if (KIND == 3 || KIND == 4) && (b % 8 == 7 || b == nb - 1) {
+                        // The super-block's d (and dmin) once, as in the scalar kernel.
+                        let sb = w.sb.as_ptr().add((g * nb.div_ceil(8) + b / 8) * w.sb_stride() + 8 * h);
+                        acc[i] = _mm256_fmadd_ps(f[i], _mm256_mul_ps(_mm256_loadu_ps(sb), dav), acc[i]);
+                        if KIND == 4 {
+                            acc[i] = _mm256_fnmadd_ps(_mm256_loadu_ps(sb.add(16)), mn[i], acc[i]);
+                        }
+                        (f[i], mn[i]) = (_mm256_setzero_ps(), _mm256_setzero_ps());
                     }
                 }
             }

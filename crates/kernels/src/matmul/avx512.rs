@@ -217,7 +217,11 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
     let tw = r0 * nb;
     for g in g0..g1 {
         let mut acc = [_mm512_setzero_ps(); MT];
+        // Q4K/Q6K: the super-block's dot x sc terms before d, see scalar.rs.
+        let mut f = [_mm512_setzero_ps(); MT];
         let grec = base.add(g * nb * rb);
+        let valid = (w.n - g * 16).min(16);
+        let mask: __mmask16 = if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 };
         let (mut sbd, mut sbm) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for b in 0..nb {
             let rec = grec.add(b * rb);
@@ -276,15 +280,9 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                         acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), _mm512_mul_ps(s, da), acc[i]);
                     }
                 }
-                K_Q4A | K_Q4K => {
-                    let (s, m) = if KIND == K_Q4A {
-                        (_mm512_loadu_ps(rec.add(256) as *const f32), _mm512_loadu_ps(rec.add(320) as *const f32))
-                    } else {
-                        // d * sc and dmin * mq, the same f32 products as Q4A's packing.
-                        let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(256) as *const _)));
-                        let mq = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(272) as *const _)));
-                        (_mm512_mul_ps(sbd, sc), _mm512_mul_ps(sbm, mq))
-                    };
+                K_Q4A => {
+                    let s = _mm512_loadu_ps(rec.add(256) as *const f32);
+                    let m = _mm512_loadu_ps(rec.add(320) as *const f32);
                     for i in 0..MT {
                         let da = bf(dp.add(i));
                         let tot = _mm512_add_epi32(ai[i], ai2[i]);
@@ -292,24 +290,60 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
                         acc[i] = _mm512_fnmadd_ps(m, bf(sp.add(i)), acc[i]);
                     }
                 }
+                K_Q4K => {
+                    let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(rec.add(256) as *const _)));
+                    for i in 0..MT {
+                        let tot = _mm512_add_epi32(ai[i], ai2[i]);
+                        f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(tot), sc, f[i]);
+                    }
+                }
                 _ => {
-                    // d * sc, the product ggml's dequantization uses.
                     let sc =
                         |o: usize| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(rec.add(o) as *const _)));
-                    let (s0v, s1v) = (_mm512_mul_ps(sbd, sc(384)), _mm512_mul_ps(sbd, sc(400)));
+                    let (s0v, s1v) = (sc(384), sc(400));
                     for i in 0..MT {
-                        let da = bf(dp.add(i));
-                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[i]), _mm512_mul_ps(s0v, da), acc[i]);
-                        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai2[i]), _mm512_mul_ps(s1v, da), acc[i]);
+                        f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[i]), s0v, f[i]);
+                        f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai2[i]), s1v, f[i]);
                     }
                 }
             }
+            if (KIND == K_Q4K || KIND == K_Q6K) && (b % 8 == 7 || b == nb - 1) {
+                // The super-block's d (and dmin) once, as in the scalar kernel,
+                // into the output row (registers are short here: the sums of
+                // the finished super-blocks wait in memory).
+                let b0 = b - b % 8;
+                let mut acc = [_mm512_setzero_ps(); MT];
+                for i in 0..MT {
+                    if b0 > 0 {
+                        acc[i] = _mm512_maskz_loadu_ps(mask, out.add((r0 + i) * ld + g * 16));
+                    }
+                    acc[i] = _mm512_fmadd_ps(f[i], _mm512_mul_ps(sbd, bf(t.d.as_ptr().add(tw + b * MT + i))), acc[i]);
+                    f[i] = _mm512_setzero_ps();
+                }
+                if KIND == K_Q4K {
+                    // sum of mq x d_a sum(a) over the super-block's blocks, in order
+                    let mut mn = [_mm512_setzero_ps(); MT];
+                    for bb in b0..=b {
+                        let mq = _mm_loadu_si128(grec.add(bb * rb + 272) as *const _);
+                        let mq = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(mq));
+                        for i in 0..MT {
+                            mn[i] = _mm512_fmadd_ps(mq, bf(t.dsum.as_ptr().add(tw + bb * MT + i)), mn[i]);
+                        }
+                    }
+                    for i in 0..MT {
+                        acc[i] = _mm512_fnmadd_ps(sbm, mn[i], acc[i]);
+                    }
+                }
+                for i in 0..MT {
+                    _mm512_mask_storeu_ps(out.add((r0 + i) * ld + g * 16), mask, acc[i]);
+                }
+            }
         }
-        let col = g * 16;
-        let valid = (w.n - col).min(16);
-        let mask: __mmask16 = if valid == 16 { 0xFFFF } else { (1u16 << valid) - 1 };
+        if KIND == K_Q4K || KIND == K_Q6K {
+            continue;
+        }
         for (i, acc) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(out.add((r0 + i) * ld + col), mask, *acc);
+            _mm512_mask_storeu_ps(out.add((r0 + i) * ld + g * 16), mask, *acc);
         }
     }
 }
@@ -429,6 +463,9 @@ pub unsafe fn attend_heads<const G: usize>(
 /// Keys per block in `attend_rows`: the rows of one call share a pass over a
 /// block (K or V: 128 rows of 1 KB at Gemma 3's shapes stay in L2).
 const KEY_BLOCK: usize = 128;
+
+/// Key and value rows are prefetched this many rows ahead.
+const PF_ROWS: usize = 8;
 
 /// `attend_heads` for several query rows at once: row i has its G heads at
 /// `q[i * qs..]`, writes `out[i * os..]` and attends keys `ranges[i]`
@@ -623,6 +660,9 @@ unsafe fn scores_joint<const G: usize, const RR: usize>(
         let kr: [*const f32; KK] = std::array::from_fn(|t| k.add((j0 + (j + t).min(n - 1)) * stride));
         let mut a = [[[_mm512_setzero_ps(); G]; RR]; KK];
         for c in 0..nc {
+            for t in 0..KK {
+                _mm_prefetch::<_MM_HINT_T0>(kr[t].wrapping_add(PF_ROWS * stride + 16 * c) as *const i8);
+            }
             let kv: [__m512; KK] = std::array::from_fn(|t| _mm512_loadu_ps(kr[t].add(16 * c)));
             for r in 0..RR {
                 for h in 0..G {
@@ -672,6 +712,9 @@ unsafe fn values_joint<const G: usize, const RR: usize, const CW: usize>(
     }
     for j in 0..n {
         let vr = v.add(j * stride);
+        for t in 0..CW {
+            _mm_prefetch::<_MM_HINT_T0>(vr.wrapping_add(PF_ROWS * stride + 16 * t) as *const i8);
+        }
         let vv: [__m512; CW] = std::array::from_fn(|t| _mm512_loadu_ps(vr.add(16 * t)));
         for r in 0..RR {
             for h in 0..G {

@@ -1,6 +1,8 @@
 //! Portable scalar kernels over the packed layout. They perform the same float
 //! operations in the same order as the SIMD kernels (integer block dot, then
-//! `fma(acc_i as f32, s * d_a, acc)`), so SIMD results must match them exactly.
+//! `fma(acc_i as f32, s * d_a, acc)`; for the K-quants, whose activations have
+//! one scale per 256, `fma(acc_i as f32, sc, f)` per block and the super-block
+//! scales once per super-block), so SIMD results must match them exactly.
 
 #![allow(clippy::needless_range_loop)]
 
@@ -57,6 +59,9 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
                     break;
                 }
                 let mut acc = 0f32;
+                // Q4K/Q6K: a super-block's terms before its f32 scales (`f`:
+                // sum of dot x sc; `mn`: sum of mq x d_a sum(a)).
+                let (mut f, mut mn) = (0f32, 0f32);
                 for b in 0..nb {
                     let rec = &data[(g * nb + b) * rb..(g * nb + b + 1) * rb];
                     let da = a.d[r * nb + b];
@@ -64,6 +69,8 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
                     let dot = |lo: usize, hi: usize| -> i32 {
                         (lo..hi).map(|i| unpack(w.kind, rec, lane, i) as i32 * qa[b * 32 + i] as i32).sum()
                     };
+                    let sb = |i: usize| w.sb[(g * nb.div_ceil(8) + b / 8) * w.sb_stride() + i];
+                    let sb_end = b % 8 == 7 || b == nb - 1;
                     match w.kind {
                         PackedKind::Q8S | PackedKind::Q5S => {
                             let so = if w.kind == PackedKind::Q8S { 512 } else { 320 };
@@ -71,24 +78,30 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
                             let ai = -c * (s16[0] + s16[1]) + dot(0, 32);
                             acc = (ai as f32).mul_add(s * da, acc);
                         }
-                        PackedKind::Q4A | PackedKind::Q4K => {
-                            let (s, m) = if w.kind == PackedKind::Q4A {
-                                (rd_f32(rec, 256 + lane * 4), rd_f32(rec, 320 + lane * 4))
-                            } else {
-                                // d * sc and dmin * mq: the products Q4A would store.
-                                let sb = &w.sb[(g * nb.div_ceil(8) + b / 8) * w.sb_stride()..][..32];
-                                (sb[lane] * rec[256 + lane] as f32, sb[16 + lane] * rec[272 + lane] as f32)
-                            };
+                        PackedKind::Q4A => {
+                            let (s, m) = (rd_f32(rec, 256 + lane * 4), rd_f32(rec, 320 + lane * 4));
                             acc = (dot(0, 32) as f32).mul_add(s * da, acc);
                             acc = (-m).mul_add(da * (s16[0] + s16[1]) as f32, acc);
                         }
+                        PackedKind::Q4K => {
+                            // Q8_K activations have one scale per super-block:
+                            // d and dmin apply once, at its end.
+                            f = (dot(0, 32) as f32).mul_add(rec[256 + lane] as f32, f);
+                            mn = (rec[272 + lane] as f32).mul_add(da * (s16[0] + s16[1]) as f32, mn);
+                            if sb_end {
+                                acc = f.mul_add(sb(lane) * da, acc);
+                                acc = (-sb(16 + lane)).mul_add(mn, acc);
+                                (f, mn) = (0.0, 0.0);
+                            }
+                        }
                         PackedKind::Q6K => {
-                            let d = w.sb[(g * nb.div_ceil(8) + b / 8) * w.sb_stride() + lane];
                             for h in 0..2 {
-                                // d * sc: the product ggml's dequantization uses.
-                                let s = d * (rec[384 + 16 * h + lane] as i8) as f32;
                                 let ai = -c * s16[h] + dot(16 * h, 16 * h + 16);
-                                acc = (ai as f32).mul_add(s * da, acc);
+                                f = (ai as f32).mul_add((rec[384 + 16 * h + lane] as i8) as f32, f);
+                            }
+                            if sb_end {
+                                acc = f.mul_add(sb(lane) * da, acc);
+                                f = 0.0;
                             }
                         }
                         PackedKind::F32 => unreachable!(),
