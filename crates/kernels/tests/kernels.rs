@@ -2,7 +2,7 @@
 
 use half::f16;
 use specdec_gguf::GgmlType;
-use specdec_kernels::matmul::{avx2, avx512, scalar};
+use specdec_kernels::matmul::{avx2, avx512, avx512_attention, scalar};
 use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{matmul, ActScratch, ActStyle, Isa, MatmulJob, PackedKind, PackedMatrix, Pool, QuantActs};
 
@@ -307,7 +307,7 @@ fn softmax_exp_is_accurate_and_identical_on_every_isa() {
         let total: f64 = a.iter().map(|&v| v as f64).sum();
         assert!((total - 1.0).abs() < 1e-5, "n {n}: sum {total}");
         if avx512::available() {
-            unsafe { avx512::softmax(&mut b) };
+            unsafe { avx512_attention::softmax(&mut b) };
             assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "n {n}: SIMD softmax differs");
         }
     }

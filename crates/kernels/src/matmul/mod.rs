@@ -8,6 +8,8 @@
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_attention;
 pub mod scalar;
 
 use std::sync::OnceLock;
@@ -221,7 +223,7 @@ pub fn attend(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: chosen only when available.
-        Isa::Avx512Vnni => unsafe { avx512::attend(q, k, v, stride, start, end, scores, out) },
+        Isa::Avx512Vnni => unsafe { avx512_attention::attend(q, k, v, stride, start, end, scores, out) },
         _ => attend_with(
             scalar::dot_f32,
             |a, x, y| axpy(isa, a, x, y),
@@ -260,10 +262,10 @@ pub fn attend_heads(
         // SAFETY: chosen only when available; shapes checked above and in the kernel.
         unsafe {
             match g {
-                1 => avx512::attend_heads::<1>(q, k, v, stride, start, end, scores, out),
-                2 => avx512::attend_heads::<2>(q, k, v, stride, start, end, scores, out),
-                3 => avx512::attend_heads::<3>(q, k, v, stride, start, end, scores, out),
-                _ => avx512::attend_heads::<4>(q, k, v, stride, start, end, scores, out),
+                1 => avx512_attention::attend_heads::<1>(q, k, v, stride, start, end, scores, out),
+                2 => avx512_attention::attend_heads::<2>(q, k, v, stride, start, end, scores, out),
+                3 => avx512_attention::attend_heads::<3>(q, k, v, stride, start, end, scores, out),
+                _ => avx512_attention::attend_heads::<4>(q, k, v, stride, start, end, scores, out),
             }
         }
         return;
@@ -304,10 +306,10 @@ pub fn attend_rows(
         // SAFETY: chosen only when available; shapes checked above and in the kernel.
         unsafe {
             match g {
-                1 => avx512::attend_rows::<1>(q, qs, hd, k, v, stride, ranges, scores, out, os),
-                2 => avx512::attend_rows::<2>(q, qs, hd, k, v, stride, ranges, scores, out, os),
-                3 => avx512::attend_rows::<3>(q, qs, hd, k, v, stride, ranges, scores, out, os),
-                _ => avx512::attend_rows::<4>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                1 => avx512_attention::attend_rows::<1>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                2 => avx512_attention::attend_rows::<2>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                3 => avx512_attention::attend_rows::<3>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                _ => avx512_attention::attend_rows::<4>(q, qs, hd, k, v, stride, ranges, scores, out, os),
             }
         }
         return;
