@@ -157,85 +157,62 @@ unsafe fn attend_rows_rr<const G: usize, const RR: usize, const CW: usize>(
             }
         }
     };
-    let mut b0 = lo;
-    while b0 <= hi {
-        let b1 = (b0 + KEY_BLOCK).min(hi + 1);
-        for gi in 0..groups {
-            let (x0, x1) = joint(gi, b0, b1);
-            let rs = gi * RR..(gi + 1) * RR;
-            if x0 < x1 {
-                let qr: [*const f32; RR] = std::array::from_fn(|r| qp.add((gi * RR + r) * qs));
-                let sr: [*mut f32; RR] = std::array::from_fn(|r| score_of(gi * RR + r, x0));
-                score_keys::<G, RR, 2>(qr, hd, kp, stride, x0, x1, sr, nmax);
-                for i in rs {
+    // Visits every row's keys block by block, in key order per row: its piece
+    // before its group's joint keys, the joint keys (the group's RR rows at
+    // once), its piece after; rows outside full groups and blocks without
+    // joint keys as single-row pieces.
+    let walk = |piece: &mut dyn FnMut(usize, usize, usize), joint_keys: &mut dyn FnMut(usize, usize, usize)| {
+        let mut b0 = lo;
+        while b0 <= hi {
+            let b1 = (b0 + KEY_BLOCK).min(hi + 1);
+            for gi in 0..groups {
+                let (x0, x1) = joint(gi, b0, b1);
+                for i in gi * RR..(gi + 1) * RR {
                     let (j0, j1) = span(i, b0, b1);
-                    score_piece(i, j0, x0);
-                    score_piece(i, x1, j1);
+                    piece(i, j0, if x0 < x1 { x0 } else { j1 });
                 }
-            } else {
-                for i in rs {
-                    let (j0, j1) = span(i, b0, b1);
-                    score_piece(i, j0, j1);
+                if x0 < x1 {
+                    joint_keys(gi, x0, x1);
+                    for i in gi * RR..(gi + 1) * RR {
+                        piece(i, x1, span(i, b0, b1).1);
+                    }
                 }
             }
+            for i in groups * RR..rows {
+                let (j0, j1) = span(i, b0, b1);
+                piece(i, j0, j1);
+            }
+            b0 = b1;
         }
-        for i in groups * RR..rows {
-            let (j0, j1) = span(i, b0, b1);
-            score_piece(i, j0, j1);
-        }
-        b0 = b1;
-    }
+    };
+    walk(&mut |i, j0, j1| score_piece(i, j0, j1), &mut |gi, x0, x1| {
+        let qr: [*const f32; RR] = std::array::from_fn(|r| qp.add((gi * RR + r) * qs));
+        let sr: [*mut f32; RR] = std::array::from_fn(|r| score_of(gi * RR + r, x0));
+        score_keys::<G, RR, 2>(qr, hd, kp, stride, x0, x1, sr, nmax);
+    });
     for (i, &(s, e)) in ranges.iter().enumerate() {
         for h in 0..G {
             let at = (i * G + h) * nmax;
             softmax(&mut scores[at..at + e + 1 - s]);
         }
     }
-    // Values: every row's keys in order (its piece before the joint keys,
-    // the joint keys, its piece after), accumulators kept in `out` between.
-    let sp = scores.as_mut_ptr();
-    let score_of = |i: usize, j0: usize| sp.add(i * G * nmax + j0 - ranges[i].0) as *const f32;
-    let mut b0 = lo;
-    while b0 <= hi {
-        let b1 = (b0 + KEY_BLOCK).min(hi + 1);
-        for gi in 0..groups {
-            let (x0, x1) = joint(gi, b0, b1);
-            let rs = gi * RR..(gi + 1) * RR;
-            if x0 < x1 {
-                for i in rs.clone() {
-                    value_piece(i, span(i, b0, b1).0, x0);
-                }
-                let pr: [*const f32; RR] = std::array::from_fn(|r| score_of(gi * RR + r, x0));
-                let first: [bool; RR] = std::array::from_fn(|r| x0 == ranges[gi * RR + r].0);
-                let mut c = 0;
-                while c + CW <= hd / 16 {
-                    let or: [*mut f32; RR] = std::array::from_fn(|r| op.add((gi * RR + r) * os + 16 * c));
-                    let vr = vp.add(x0 * stride + 16 * c);
-                    sum_values::<G, RR, CW>(pr, nmax, x1 - x0, vr, stride, or, hd, first);
-                    c += CW;
-                }
-                while c < hd / 16 {
-                    let or: [*mut f32; RR] = std::array::from_fn(|r| op.add((gi * RR + r) * os + 16 * c));
-                    let vr = vp.add(x0 * stride + 16 * c);
-                    sum_values::<G, RR, 1>(pr, nmax, x1 - x0, vr, stride, or, hd, first);
-                    c += 1;
-                }
-                for i in rs {
-                    value_piece(i, x1, span(i, b0, b1).1);
-                }
+    // Values: the accumulators of a row wait in `out` between its pieces.
+    walk(&mut |i, j0, j1| value_piece(i, j0, j1), &mut |gi, x0, x1| {
+        let pr: [*const f32; RR] = std::array::from_fn(|r| score_of(gi * RR + r, x0) as *const f32);
+        let first: [bool; RR] = std::array::from_fn(|r| x0 == ranges[gi * RR + r].0);
+        let mut c = 0;
+        while c < hd / 16 {
+            let or: [*mut f32; RR] = std::array::from_fn(|r| op.add((gi * RR + r) * os + 16 * c));
+            let vr = vp.add(x0 * stride + 16 * c);
+            if c + CW <= hd / 16 {
+                sum_values::<G, RR, CW>(pr, nmax, x1 - x0, vr, stride, or, hd, first);
+                c += CW;
             } else {
-                for i in rs {
-                    let (j0, j1) = span(i, b0, b1);
-                    value_piece(i, j0, j1);
-                }
+                sum_values::<G, RR, 1>(pr, nmax, x1 - x0, vr, stride, or, hd, first);
+                c += 1;
             }
         }
-        for i in groups * RR..rows {
-            let (j0, j1) = span(i, b0, b1);
-            value_piece(i, j0, j1);
-        }
-        b0 = b1;
-    }
+    });
 }
 
 /// Scores of keys `j0..j1` for RR rows of G heads: row r's queries at `q[r]`
