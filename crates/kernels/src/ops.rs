@@ -145,9 +145,24 @@ pub fn rope_norm(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 }
 
 /// g = silu(g) * u, element-wise (SwiGLU).
+///
+/// Uses `exp_f32` rather than libm's `expf` so that the AVX-512 version gives
+/// the same bits 16 lanes at a time (libm's was a tenth of an 8-row verify pass
+/// of R1-Distill-Qwen-1.5B, on one thread).
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::matmul::isa() == crate::matmul::Isa::Avx512Vnni {
+        // SAFETY: the ISA check covers AVX-512F and FMA.
+        unsafe { crate::matmul::avx512::silu_mul(g, u) };
+        return;
+    }
+    silu_mul_scalar(g, u);
+}
+
+/// `silu_mul` on any CPU.
+pub fn silu_mul_scalar(g: &mut [f32], u: &[f32]) {
     for (a, &b) in g.iter_mut().zip(u) {
-        *a = *a / (1.0 + (-*a).exp()) * b;
+        *a = *a / (1.0 + crate::matmul::scalar::exp_f32(-*a)) * b;
     }
 }
 
@@ -177,6 +192,40 @@ mod tests {
         gelu_mul(&mut g, &u);
         for ((&x, &uu), &r) in xs.iter().zip(&u).zip(&g) {
             assert_eq!(r, gelu(x) * uu, "{x}");
+        }
+    }
+
+    #[test]
+    fn silu_mul_tracks_the_formula_and_simd_matches_scalar() {
+        // Pseudo-random inputs over the whole useful range, plus the clamp
+        // edges, zeros, a NaN and lengths that leave a partial last vector.
+        let mut s = 0x2545_f491u32;
+        let mut rnd = || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0
+        };
+        let mut xs: Vec<f32> = (0..1000).map(|_| rnd() * 30.0).collect();
+        xs.extend([-120.0, -88.5, -87.0, -0.0, 0.0, 87.5, 88.0, 120.0, f32::NAN]);
+        let us: Vec<f32> = xs.iter().map(|_| rnd() * 4.0).collect();
+        for n in [xs.len(), 1, 15, 17, 33] {
+            let mut g = xs[..n].to_vec();
+            let mut want = g.clone();
+            silu_mul(&mut g, &us[..n]);
+            silu_mul_scalar(&mut want, &us[..n]);
+            for i in 0..n {
+                assert_eq!(g[i].to_bits(), want[i].to_bits(), "x {} u {}", xs[i], us[i]);
+            }
+        }
+        let mut g = xs.clone();
+        silu_mul(&mut g, &us);
+        for ((&x, &u), &r) in xs.iter().zip(&us).zip(&g) {
+            if x.is_nan() {
+                assert!(r.is_nan());
+                continue;
+            }
+            let (x64, u64) = (x as f64, u as f64);
+            let exact = x64 / (1.0 + (-x64).exp()) * u64;
+            assert!((r as f64 - exact).abs() <= 1e-6 * exact.abs() + 1e-30, "x {x} u {u}: {r} vs {exact}");
         }
     }
 

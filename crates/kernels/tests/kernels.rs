@@ -207,7 +207,9 @@ fn grouped_attention_equals_per_head_reference() {
     let mut rng = Rng(7);
     let (hd, kv_heads) = (32usize, 2usize);
     let stride = kv_heads * hd;
-    for &(g, start, end) in &[(1usize, 0usize, 0usize), (2, 0, 6), (3, 2, 9), (4, 0, 40), (4, 17, 40), (5, 3, 12)] {
+    for &(g, start, end) in
+        &[(1usize, 0usize, 0usize), (2, 0, 6), (3, 2, 9), (4, 0, 40), (4, 17, 40), (5, 3, 12), (6, 1, 30), (7, 0, 20)]
+    {
         let n_rows = end + 1;
         let k = random_acts(n_rows, stride, &mut rng);
         let v = random_acts(n_rows, stride, &mut rng);
@@ -265,6 +267,8 @@ fn attention_over_many_rows_equals_one_call_per_row() {
         (1, 3, 128, None),
         (3, 7, 250, Some(200)),
         (5, 2, 60, None),
+        (6, 4, 70, None),
+        (7, 3, 140, Some(100)),
     ];
     for &(g, rows, first, window) in cases {
         let (qs, os) = (g * hd + 5, g * hd + 3);

@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::{axpy, dot_f32, reduce16};
+use super::avx512::{axpy, dot_f32, exp16, reduce16};
 
 /// One query head against keys/values `start..=end` (row stride `stride`):
 /// scores, softmax, weighted sum of values into `out`.
@@ -313,28 +313,6 @@ unsafe fn sum_values<const G: usize, const RR: usize, const CW: usize>(
             }
         }
     }
-}
-
-/// `scalar::exp_f32` on 16 lanes, operation for operation.
-#[target_feature(enable = "avx512f,fma")]
-#[inline]
-unsafe fn exp16(x: __m512) -> __m512 {
-    use super::scalar::{EXP_P, LN2_HI, LN2_LO, LOG2E};
-    let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-        x,
-        _mm512_set1_ps(LOG2E),
-    ));
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), x);
-    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
-    let z = _mm512_mul_ps(r, r);
-    let mut y = _mm512_set1_ps(EXP_P[0]);
-    for &c in &EXP_P[1..] {
-        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
-    }
-    let y = _mm512_add_ps(_mm512_fmadd_ps(y, z, r), _mm512_set1_ps(1.0));
-    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
-    _mm512_mul_ps(y, _mm512_castsi512_ps(e))
 }
 
 /// `scalar::softmax`, 16 lanes at a time (same max, exp, lane sums, scale).

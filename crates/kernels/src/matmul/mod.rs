@@ -258,6 +258,19 @@ pub fn attend_heads(
     let hd = q.len() / g.max(1);
     assert!(q.len() == g * hd && out.len() == g * hd, "q and out must hold {g} heads");
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && g > 4 {
+        // More heads per key/value head than the kernels' registers serve
+        // (R1-Distill-Qwen: 6, 7): sub-groups of the largest divisor up to 4.
+        // Each head's arithmetic is the same in any grouping.
+        let sub = (1..=4).rev().find(|s| g.is_multiple_of(*s)).unwrap_or(1);
+        for h0 in (0..g).step_by(sub) {
+            let o = h0 * hd;
+            let (qg, og) = (&q[o..o + sub * hd], &mut out[o..o + sub * hd]);
+            attend_heads(isa, sub, qg, k, v, stride, start, end, scores, og);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && (1..=4).contains(&g) {
         // SAFETY: chosen only when available; shapes checked above and in the kernel.
         unsafe {
@@ -301,6 +314,28 @@ pub fn attend_rows(
         "q and out must hold {} rows of {g} heads",
         rows + 1
     );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && g > 4 {
+        // More heads per key/value head than the kernels' registers serve
+        // (R1-Distill-Qwen: 6, 7): sub-groups of the largest divisor up to 4.
+        // Each head's arithmetic is the same in any grouping.
+        let sub = (1..=4).rev().find(|s| g.is_multiple_of(*s)).unwrap_or(1);
+        for h0 in (0..g).step_by(sub) {
+            let o = h0 * hd;
+            attend_rows(isa, sub, hd, &q[o..], qs, k, v, stride, ranges, scores, &mut out[o..], os);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && g > 4 {
+        // As in `attend_heads`: sub-groups of the largest divisor up to 4.
+        let sub = (1..=4).rev().find(|s| g.is_multiple_of(*s)).unwrap_or(1);
+        for h0 in (0..g).step_by(sub) {
+            let o = h0 * hd;
+            attend_rows(isa, sub, hd, &q[o..], qs, k, v, stride, ranges, scores, &mut out[o..], os);
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && (1..=4).contains(&g) {
         // SAFETY: chosen only when available; shapes checked above and in the kernel.
