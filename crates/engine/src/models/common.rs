@@ -152,12 +152,12 @@ pub fn attention(
     // has work. Per-head arithmetic is the same either way.
     const ROWS: usize = 16;
     let mut gs = group;
-    while gs.is_multiple_of(2) && m * nh / gs < 2 * nt {
+    while gs.is_multiple_of(2) && m * nh / gs < nt {
         gs /= 2;
     }
     let per_row = nh / gs;
     let mut rb = ROWS;
-    while rb > 1 && m.div_ceil(rb) * per_row < 2 * nt {
+    while rb > 1 && m.div_ceil(rb) * per_row < nt {
         rb /= 2;
     }
     // Blocks of consecutive rows of one sequence: (first row, rows).

@@ -66,7 +66,7 @@ pub unsafe fn attend_heads<const G: usize>(
 const KEY_BLOCK: usize = 128;
 
 /// Key and value rows are prefetched this many rows ahead.
-const PF_ROWS: usize = 8;
+const PF_ROWS: usize = 16;
 
 /// `attend_heads` for several query rows at once: row i has its G heads at
 /// `q[i * qs..]`, writes `out[i * os..]` and attends keys `ranges[i]`
