@@ -148,8 +148,10 @@ pub fn attention(
     // Heads of a key/value group go through one pass (each key and value row
     // read once for all of them), and so do up to ROWS consecutive rows of one
     // sequence (a long prompt's keys and values come from memory once per
-    // block of rows). Short passes split groups and blocks so every thread
-    // has work. Per-head arithmetic is the same either way.
+    // block of rows). Short passes split groups and blocks until every thread
+    // has one task, no further: each task reads its sequence's whole cache, so
+    // a decode step at a long context is bound by how often the cache is read.
+    // Per-head arithmetic is the same either way.
     const ROWS: usize = 16;
     let mut gs = group;
     while gs.is_multiple_of(2) && m * nh / gs < nt {

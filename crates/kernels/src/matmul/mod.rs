@@ -240,6 +240,13 @@ pub fn attend(
     }
 }
 
+/// Heads per call of the AVX-512 attention kernels (which serve 1-4 heads
+/// per key/value head) for a group of `g > 4`: its largest divisor up to 4.
+#[cfg(target_arch = "x86_64")]
+fn kernel_subgroup(g: usize) -> usize {
+    (1..=4).rev().find(|s| g.is_multiple_of(*s)).unwrap_or(1)
+}
+
 /// `attend` for `g` query heads that share one key/value head: `q` and `out`
 /// hold g heads of `hd` each. Equal bit for bit to g calls of `attend`.
 #[allow(clippy::too_many_arguments)]
@@ -260,9 +267,8 @@ pub fn attend_heads(
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && g > 4 {
         // More heads per key/value head than the kernels' registers serve
-        // (R1-Distill-Qwen: 6, 7): sub-groups of the largest divisor up to 4.
-        // Each head's arithmetic is the same in any grouping.
-        let sub = (1..=4).rev().find(|s| g.is_multiple_of(*s)).unwrap_or(1);
+        // (R1-Distill-Qwen: 6, 7). Each head's arithmetic is the same in any grouping.
+        let sub = kernel_subgroup(g);
         for h0 in (0..g).step_by(sub) {
             let o = h0 * hd;
             let (qg, og) = (&q[o..o + sub * hd], &mut out[o..o + sub * hd]);
@@ -316,20 +322,8 @@ pub fn attend_rows(
     );
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && g > 4 {
-        // More heads per key/value head than the kernels' registers serve
-        // (R1-Distill-Qwen: 6, 7): sub-groups of the largest divisor up to 4.
-        // Each head's arithmetic is the same in any grouping.
-        let sub = (1..=4).rev().find(|s| g.is_multiple_of(*s)).unwrap_or(1);
-        for h0 in (0..g).step_by(sub) {
-            let o = h0 * hd;
-            attend_rows(isa, sub, hd, &q[o..], qs, k, v, stride, ranges, scores, &mut out[o..], os);
-        }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && hd.is_multiple_of(16) && g > 4 {
-        // As in `attend_heads`: sub-groups of the largest divisor up to 4.
-        let sub = (1..=4).rev().find(|s| g.is_multiple_of(*s)).unwrap_or(1);
+        // As in `attend_heads`.
+        let sub = kernel_subgroup(g);
         for h0 in (0..g).step_by(sub) {
             let o = h0 * hd;
             attend_rows(isa, sub, hd, &q[o..], qs, k, v, stride, ranges, scores, &mut out[o..], os);
