@@ -385,13 +385,7 @@ mod tests {
     use super::*;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 7.0
-            })
-            .collect()
+        crate::test_data(n, seed, 3.5)
     }
 
     #[test]

@@ -21,3 +21,16 @@ pub enum KernelError {
     #[error("shape mismatch: {0}")]
     Shape(String),
 }
+
+/// Pseudo-random test inputs, uniform in [-half_range, half_range) (a fixed
+/// LCG, so every run and machine sees the same values).
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: u32, half_range: f32) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((s >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * half_range
+        })
+        .collect()
+}

@@ -199,14 +199,9 @@ mod tests {
     fn silu_mul_tracks_the_formula_and_simd_matches_scalar() {
         // Pseudo-random inputs over the whole useful range, plus the clamp
         // edges, zeros, a NaN and lengths that leave a partial last vector.
-        let mut s = 0x2545_f491u32;
-        let mut rnd = || {
-            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (s >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0
-        };
-        let mut xs: Vec<f32> = (0..1000).map(|_| rnd() * 30.0).collect();
+        let mut xs = crate::test_data(1000, 0x2545_f491, 30.0);
         xs.extend([-120.0, -88.5, -87.0, -0.0, 0.0, 87.5, 88.0, 120.0, f32::NAN]);
-        let us: Vec<f32> = xs.iter().map(|_| rnd() * 4.0).collect();
+        let us = crate::test_data(xs.len(), 0x9e37_79b9, 4.0);
         for n in [xs.len(), 1, 15, 17, 33] {
             let mut g = xs[..n].to_vec();
             let mut want = g.clone();
