@@ -66,8 +66,10 @@ pub struct SpecArgs {
     /// vocabulary).
     #[arg(long, default_value = "none")]
     pub drafter: String,
-    /// Most draft tokens per step; the adaptive controller picks k <= this.
-    #[arg(long, default_value_t = 8)]
+    /// Most draft tokens per step; the adaptive controller picks k <= this
+    /// (16: a verify pass of 16 rows costs about twice one row here, which
+    /// repetitive and copied text fills).
+    #[arg(long, default_value_t = 16)]
     pub draft_max: usize,
     /// Always draft exactly --draft-max tokens when the drafter has them
     /// (turns the adaptive controller off).

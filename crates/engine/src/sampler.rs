@@ -47,13 +47,7 @@ impl SamplingParams {
 
 /// Index of the largest logit; ties go to the lowest id.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    specdec_kernels::ops::argmax(logits) as u32
 }
 
 /// Applies the repetition penalty (llama.cpp's rule: divide positive logits,

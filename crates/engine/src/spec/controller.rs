@@ -9,12 +9,18 @@
 //! j-1 was (an exponential moving average), and T is learned online from the
 //! measured pass times. A drafter that combines several sources (`auto`: a
 //! suffix match or an MTP head) tags each draft with its source, and each
-//! source keeps its own a_j and draft cost, so a weak source never shortens
-//! a strong one's drafts. k = 0 (plain decoding) wins when speculation does not
+//! source keeps its own draft cost and, per evidence class (`Draft::class`:
+//! how long the match was, how confident the head), its own a_j: a weak source
+//! never shortens a strong one's drafts, and a 20-token match in a repetition
+//! loop drafts long while a 1-token match in the same request drafts short.
+//! When all k draft tokens are accepted and the drafter had proposed more, the
+//! bonus token says whether token k+1 would have been: position k+1 is
+//! observed too, so a short k can grow (otherwise positions past k would never
+//! be seen again). k = 0 (plain decoding) wins when speculation does not
 //! pay; then a short draft is still tried now and then (at exponentially
 //! growing intervals) so the estimates can recover when drafting starts to pay.
 
-use super::Draft;
+use super::{Draft, EVIDENCE_CLASSES};
 
 #[derive(Clone, Debug)]
 pub struct Controller {
@@ -24,10 +30,15 @@ pub struct Controller {
     /// Draft tokens with confidence below this are dropped.
     pub min_confidence: f32,
     pub probe_every: usize,
-    /// Per draft source (`Draft::source`): acceptance EMA per position.
+    /// Per draft source and class (`key`): acceptance EMA per position.
     accept: Vec<Vec<f64>>,
-    /// EMA of seconds for a target pass of n rows, index n (0 unused).
-    pass_secs: Vec<Option<f64>>,
+    /// Per key: whether any step has been observed (unseen keys hold the prior).
+    seen: Vec<bool>,
+    /// Seconds of a one-row target pass (the level, which moves with the
+    /// context length and the machine), once a pass has been measured.
+    pass_level: Option<f64>,
+    /// Cost of an n-row pass relative to one row, index n (0 and 1 unused).
+    pass_shape: Vec<f64>,
     /// Per draft source: EMA of drafting seconds per token.
     draft_secs_per_token: Vec<f64>,
     skipped: usize,
@@ -41,6 +52,9 @@ const MAX_PROBE_EVERY: usize = 256;
 const PRIOR_ROW_COST: f64 = 0.08;
 /// Prior acceptance per position of a source not yet observed.
 const PRIOR_ACCEPT: f64 = 0.6;
+/// A drafter is free when a draft token costs at most this share of a
+/// one-row target pass.
+const FREE_DRAFT: f64 = 0.01;
 
 impl Controller {
     pub fn new(max_k: usize) -> Controller {
@@ -49,8 +63,10 @@ impl Controller {
             fixed_k: None,
             min_confidence: 0.0,
             probe_every: PROBE_EVERY,
-            accept: vec![vec![PRIOR_ACCEPT; max_k + 1]],
-            pass_secs: vec![None; max_k + 2],
+            accept: vec![vec![PRIOR_ACCEPT; max_k + 2]; EVIDENCE_CLASSES],
+            seen: vec![false; EVIDENCE_CLASSES],
+            pass_level: None,
+            pass_shape: (0..max_k + 2).map(|n| 1.0 + PRIOR_ROW_COST * n.saturating_sub(1) as f64).collect(),
             draft_secs_per_token: vec![0.0],
             skipped: 0,
             probing: false,
@@ -73,24 +89,21 @@ impl Controller {
         self.skipped = 0;
     }
 
-    /// Seconds of a target pass over `n` rows (measured, or estimated from
-    /// the nearest measurement with the prior slope).
+    /// Seconds of a target pass over `n` rows: the level times the shape.
+    /// Each measured pass moves both (in log space), so a measurement that
+    /// was an outlier (the first pass of a request: cold caches, fresh logit
+    /// buffers) fades instead of standing for its row count until that count
+    /// happens to be chosen again, and row counts not chosen for a while
+    /// follow the level as the context grows.
+    /// More rows never cost less: the shape is read as its running maximum.
     pub fn pass_cost(&self, n: usize) -> f64 {
-        if let Some(Some(s)) = self.pass_secs.get(n) {
-            return *s;
-        }
-        let (m, s) = self
-            .pass_secs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.map(|s| (i, s)))
-            .min_by_key(|(i, _)| i.abs_diff(n))
-            .unwrap_or((1, 1.0));
-        s * (1.0 + PRIOR_ROW_COST * n as f64) / (1.0 + PRIOR_ROW_COST * m as f64)
+        let known = self.pass_shape.iter().take(n + 1).skip(2).fold(1f64, |a, &r| a.max(r));
+        let shape = if n < self.pass_shape.len() { known } else { known.max(1.0 + PRIOR_ROW_COST * (n - 1) as f64) };
+        self.pass_level.unwrap_or(1.0) * shape
     }
 
-    fn expected_tokens(&self, source: usize, k: usize) -> f64 {
-        let accept = &self.accept[source.min(self.accept.len() - 1)];
+    fn expected_tokens(&self, key: usize, k: usize) -> f64 {
+        let accept = &self.accept[key.min(self.accept.len() - 1)];
         let mut e = 1.0;
         let mut run = 1.0;
         for j in 1..=k {
@@ -100,32 +113,55 @@ impl Controller {
         e
     }
 
-    /// Tokens per second of verifying a k-token draft from `source`.
-    pub fn rate(&self, source: usize, k: usize) -> f64 {
+    /// Tokens per second of verifying a k-token draft of statistics `key`.
+    fn rate(&self, key: usize, k: usize) -> f64 {
+        let source = key / EVIDENCE_CLASSES;
         let per_token = self.draft_secs_per_token[source.min(self.draft_secs_per_token.len() - 1)];
-        self.expected_tokens(source, k) / (self.pass_cost(k + 1) + k as f64 * per_token)
+        self.expected_tokens(key, k) / (self.pass_cost(k + 1) + k as f64 * per_token)
+    }
+
+    /// Tokens per second of verifying a k-token draft from `source` of
+    /// evidence `class`.
+    pub fn rate_of(&self, source: usize, class: usize, k: usize) -> f64 {
+        self.rate(key(source, class), k)
     }
 
     /// Makes room for the statistics of `source`.
     fn ensure_source(&mut self, source: usize) {
-        while self.accept.len() <= source {
-            self.accept.push(vec![PRIOR_ACCEPT; self.max_k + 1]);
+        while self.draft_secs_per_token.len() <= source {
             self.draft_secs_per_token.push(0.0);
+        }
+        while self.accept.len() < (source + 1) * EVIDENCE_CLASSES {
+            self.accept.push(vec![PRIOR_ACCEPT; self.max_k + 2]);
+            self.seen.push(false);
         }
     }
 
     /// How many tokens to ask the drafter for, decided before drafting so
     /// that an expensive drafter (a draft model) is not run when its tokens
-    /// would not pay. When plain decoding wins, a short probe draft is asked
-    /// for every `probe_every` steps, an interval that doubles while probes fail.
+    /// would not pay. A drafter whose tokens cost next to nothing (n-gram,
+    /// suffix) is always asked for `max_k`: `choose` trims per evidence
+    /// class, and a draft verified with k = 0 still shows through the bonus
+    /// whether its first token was right. Otherwise, when plain decoding
+    /// wins, a short probe draft is asked for every `probe_every` steps, an
+    /// interval that doubles while probes fail.
     pub fn draft_budget(&mut self) -> usize {
         if let Some(k) = self.fixed_k {
             return k;
         }
         self.probing = false;
-        // The budget is asked for before the drafter picks its source: the
-        // best any source could use.
-        let best = (0..self.accept.len()).map(|s| self.best_k(s, self.max_k)).max().unwrap_or(0);
+        let pass = self.pass_cost(1);
+        if self.draft_secs_per_token.iter().all(|&c| c <= FREE_DRAFT * pass) {
+            return self.max_k;
+        }
+        // The budget is asked for before the drafter picks its source and
+        // knows its evidence: the best any of them could use, among those
+        // observed (or the prior).
+        let best = (0..self.accept.len())
+            .filter(|&key| self.seen[key] || key == 0)
+            .map(|key| self.best_k(key, self.max_k))
+            .max()
+            .unwrap_or(0);
         if best > 0 {
             self.probe_every = PROBE_EVERY;
             return best;
@@ -142,8 +178,8 @@ impl Controller {
         0
     }
 
-    fn best_k(&self, source: usize, avail: usize) -> usize {
-        (0..=avail).max_by(|&a, &b| self.rate(source, a).total_cmp(&self.rate(source, b))).unwrap_or(0)
+    fn best_k(&self, key: usize, avail: usize) -> usize {
+        (0..=avail).max_by(|&a, &b| self.rate(key, a).total_cmp(&self.rate(key, b))).unwrap_or(0)
     }
 
     /// Trims a proposed draft to the k to verify, from its source's
@@ -161,22 +197,49 @@ impl Controller {
             return avail;
         }
         self.ensure_source(draft.source);
-        self.best_k(draft.source, avail)
+        self.best_k(key(draft.source, draft.class), avail)
     }
 
-    /// Records a verify step: `k` tokens drafted by `source`, `accepted` of
-    /// them accepted, the target pass over k+1 rows took `secs`.
-    pub fn observe(&mut self, source: usize, k: usize, accepted: usize, secs: f64) {
+    /// Records a verify step: `k` tokens drafted by `source` with evidence
+    /// `class`, `accepted` of them accepted, the target pass over k+1 rows
+    /// took `secs`. `next_hit`: when all k were accepted and the drafter had
+    /// proposed a token k+1, whether the bonus token equals it (position k+1
+    /// observed without verifying it).
+    pub fn observe(
+        &mut self,
+        source: usize,
+        class: usize,
+        k: usize,
+        accepted: usize,
+        next_hit: Option<bool>,
+        secs: f64,
+    ) {
         let n = k + 1;
-        if n < self.pass_secs.len() {
-            let e = &mut self.pass_secs[n];
-            *e = Some(e.map_or(secs, |v| v + ALPHA * (secs - v)));
+        if secs > 0.0 && secs.is_finite() {
+            match self.pass_level {
+                None => self.pass_level = Some(secs / self.pass_cost(n)),
+                Some(level) => {
+                    let err = (secs / self.pass_cost(n)).ln();
+                    self.pass_level = Some(level * (ALPHA * err).exp());
+                    if let Some(r) = self.pass_shape.get_mut(n).filter(|_| n > 1) {
+                        *r *= (ALPHA * err).exp();
+                    }
+                }
+            }
         }
         self.ensure_source(source);
-        let last = k.min(accepted + 1).min(self.max_k);
-        for (j, a) in self.accept[source].iter_mut().enumerate().take(last + 1).skip(1) {
-            let hit = if j <= accepted { 1.0 } else { 0.0 };
-            *a += ALPHA * (hit - *a);
+        self.seen[key(source, class)] = true;
+        let accept = &mut self.accept[key(source, class)];
+        let mut update = |j: usize, hit: bool| {
+            if (1..accept.len()).contains(&j) {
+                accept[j] += ALPHA * (f64::from(u8::from(hit)) - accept[j]);
+            }
+        };
+        for j in 1..=k.min(accepted + 1) {
+            update(j, j <= accepted);
+        }
+        if let Some(hit) = next_hit.filter(|_| accepted == k) {
+            update(k + 1, hit);
         }
     }
 
@@ -189,6 +252,11 @@ impl Controller {
             *e += ALPHA * (per - *e);
         }
     }
+}
+
+/// Index of the statistics of a draft `source` with evidence `class`.
+fn key(source: usize, class: usize) -> usize {
+    source * EVIDENCE_CLASSES + class.min(EVIDENCE_CLASSES - 1)
 }
 
 #[cfg(test)]
@@ -209,9 +277,9 @@ mod tests {
         let mut c = Controller::new(8);
         for _ in 0..40 {
             // Source 0 (a suffix match) is always right, source 1 (a head) never.
-            c.observe(0, 8, 8, 0.010 + 0.0005 * 8.0);
-            c.observe(1, 2, 0, 0.010 + 0.0005 * 2.0);
-            c.observe(0, 0, 0, 0.010);
+            c.observe(0, 0, 8, 8, None, 0.010 + 0.0005 * 8.0);
+            c.observe(1, 0, 2, 0, None, 0.010 + 0.0005 * 2.0);
+            c.observe(0, 0, 0, 0, None, 0.010);
         }
         assert_eq!(c.draft_budget(), 8);
         assert_eq!(c.choose(&draft(0, &[1.0; 8])), 8);
@@ -221,9 +289,11 @@ mod tests {
     #[test]
     fn backs_off_when_nothing_is_accepted_and_probes_again() {
         let mut c = Controller::new(8);
+        // A drafter whose tokens cost something (free ones are always asked).
+        c.observe_draft(0, 1, 0.001);
         for _ in 0..50 {
-            c.observe(0, 1, 0, 0.010);
-            c.observe(0, 0, 0, 0.009);
+            c.observe(0, 0, 1, 0, None, 0.010);
+            c.observe(0, 0, 0, 0, None, 0.009);
         }
         let conf = [1.0; 8];
         let choices: Vec<usize> = (0..16)
@@ -239,9 +309,10 @@ mod tests {
     #[test]
     fn a_new_request_starts_probing_again() {
         let mut c = Controller::new(8);
+        c.observe_draft(0, 1, 0.001);
         for _ in 0..40 {
-            c.observe(0, 2, 0, 0.012);
-            c.observe(0, 0, 0, 0.010);
+            c.observe(0, 0, 2, 0, None, 0.012);
+            c.observe(0, 0, 0, 0, None, 0.010);
         }
         // Probes keep failing until the interval is long.
         let mut steps = 0;
@@ -263,7 +334,7 @@ mod tests {
         let mut c = Controller::new(8);
         for k in 0..=8 {
             for _ in 0..20 {
-                c.observe(0, k, k, 0.010 + 0.0005 * k as f64);
+                c.observe(0, 0, k, k, None, 0.010 + 0.0005 * k as f64);
             }
         }
         assert_eq!(c.draft_budget(), 8);
@@ -271,6 +342,74 @@ mod tests {
         // Fixed k ignores the estimates.
         let mut f = Controller::fixed(3);
         assert_eq!(f.choose(&draft(0, &[1.0; 8])), 3);
+    }
+
+    fn classed(class: usize) -> Draft {
+        Draft { class, ..draft(0, &[1.0; 8]) }
+    }
+
+    #[test]
+    fn a_long_match_drafts_long_while_a_short_one_drafts_short() {
+        let mut c = Controller::new(8);
+        for _ in 0..40 {
+            // Class 5 (long matches) always right, class 0 (one-token matches) never.
+            c.observe(0, 5, 8, 8, None, 0.010 + 0.0005 * 8.0);
+            c.observe(0, 0, 2, 0, None, 0.010 + 0.0005 * 2.0);
+            c.observe(0, 0, 0, 0, None, 0.010);
+        }
+        assert_eq!(c.draft_budget(), 8);
+        assert_eq!(c.choose(&classed(5)), 8);
+        assert_eq!(c.choose(&classed(0)), 0);
+    }
+
+    #[test]
+    fn the_bonus_token_lets_a_short_k_grow() {
+        let secs = |k: usize| 0.010 + 0.002 * k as f64;
+        // Only the first 2 draft positions were accepted for a while: k = 2.
+        let settled = || {
+            let mut c = Controller::new(8);
+            for _ in 0..30 {
+                for k in 0..=8 {
+                    c.observe(0, 3, k, k.min(2), None, secs(k));
+                }
+            }
+            assert_eq!(c.choose(&classed(3)), 2);
+            c
+        };
+        // Now the text repeats: every k-token draft is accepted and the
+        // bonus equals the token the drafter proposed after it.
+        let mut c = settled();
+        let mut ks = Vec::new();
+        for _ in 0..60 {
+            let k = c.choose(&classed(3));
+            ks.push(k);
+            c.observe(0, 3, k, k, Some(true), secs(k));
+        }
+        assert_eq!(*ks.last().unwrap(), 8, "{ks:?}");
+        // Without the bonus observation position 3 is never seen again.
+        let mut d = settled();
+        for _ in 0..60 {
+            let k = d.choose(&classed(3));
+            d.observe(0, 3, k, k, None, secs(k));
+        }
+        assert_eq!(d.choose(&classed(3)), 2);
+    }
+
+    #[test]
+    fn a_free_drafter_is_always_asked_and_recovers_through_the_bonus() {
+        let mut c = Controller::new(8);
+        for _ in 0..40 {
+            c.observe(0, 0, 1, 0, None, 0.010);
+            c.observe(0, 0, 0, 0, None, 0.009);
+        }
+        // No drafting cost measured: asked for max_k, but nothing pays.
+        assert_eq!(c.draft_budget(), 8);
+        assert_eq!(c.choose(&classed(0)), 0);
+        // Verified with k = 0, yet the bonus shows the first token was right.
+        for _ in 0..20 {
+            c.observe(0, 0, 0, 0, Some(true), 0.009);
+        }
+        assert!(c.choose(&classed(0)) > 0);
     }
 }
 
@@ -285,7 +424,7 @@ mod cost_tests {
         for _ in 0..30 {
             c.observe_draft(0, 8, 8.0 * 0.015);
             for k in [0usize, 8] {
-                c.observe(0, k, k, 0.015 + 0.0015 * k as f64);
+                c.observe(0, 0, k, k, None, 0.015 + 0.0015 * k as f64);
             }
         }
         let budgets: Vec<usize> = (0..16).map(|_| c.draft_budget()).collect();

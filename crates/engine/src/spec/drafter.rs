@@ -12,6 +12,31 @@ pub struct Draft {
     /// Which of a combined drafter's sources made the draft (0 for drafters
     /// with one source); the controller keeps statistics per source.
     pub source: usize,
+    /// How strong the drafter's evidence was (`evidence_class` of a match
+    /// length, or of a head's confidence; 0 when it has no such measure):
+    /// the controller keeps acceptance per (source, class), so a long match
+    /// drafts long while a one-token match in the same request drafts short.
+    pub class: usize,
+}
+
+/// Classes of `Draft::class`.
+pub const EVIDENCE_CLASSES: usize = 6;
+
+/// The class of a match of `len` tokens: 1, 2, 3-4, 5-8, 9-16, longer.
+pub fn match_class(len: usize) -> usize {
+    match len {
+        0..=1 => 0,
+        2 => 1,
+        3..=4 => 2,
+        5..=8 => 3,
+        9..=16 => 4,
+        _ => 5,
+    }
+}
+
+/// The class of a drafter's confidence in its first token (0..1).
+pub fn confidence_class(c: f32) -> usize {
+    ((c.clamp(0.0, 1.0) * EVIDENCE_CLASSES as f32) as usize).min(EVIDENCE_CLASSES - 1)
 }
 
 impl Draft {

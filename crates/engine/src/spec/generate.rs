@@ -72,6 +72,9 @@ pub struct Session {
     pub prefill_chunk: usize,
     /// The draft riding on the planned pass.
     pending: Draft,
+    /// The drafter's token after the verified ones, when it proposed more
+    /// than the controller kept (the bonus then shows whether it was right).
+    pending_next: Option<u32>,
     /// Cache length before the planned pass.
     base: usize,
     /// Target hidden states of the prompt, gathered over prefill chunks for a
@@ -114,6 +117,7 @@ impl Session {
             prefilled: false,
             prefill_chunk: usize::MAX,
             pending: Draft::default(),
+            pending_next: None,
             base: 0,
             prefill_hidden: Vec::new(),
             t_decode: None,
@@ -168,6 +172,7 @@ impl Session {
             Draft::default()
         };
         let k = ctl.choose(&draft);
+        let proposed = draft.tokens.clone();
         draft.truncate(k);
         if !draft.q.is_empty() && draft.q.len() != draft.len() {
             draft.q.clear();
@@ -177,6 +182,7 @@ impl Session {
         let vocab = model.vocab_size() as u32;
         let valid = draft.tokens.iter().take_while(|&&t| t < vocab).count();
         draft.truncate(valid);
+        self.pending_next = proposed.get(draft.len()).copied();
         let last = *self.ctx.last().expect("context is never empty");
         let mut tokens = Vec::with_capacity(draft.len() + 1);
         tokens.push(last);
@@ -240,7 +246,8 @@ impl Session {
             })
             .collect();
         let v = verify(&draft.tokens, &draft.q, &p, &mut self.rng);
-        ctl.observe(draft.source, k, v.accepted, secs);
+        let next_hit = self.pending_next.take().map(|t| t == v.bonus);
+        ctl.observe(draft.source, draft.class, k, v.accepted, next_hit, secs);
         self.cache.truncate(self.base + 1 + v.accepted);
         if k > 0 {
             self.spec.num_drafts += 1;

@@ -23,5 +23,5 @@ pub mod testing;
 pub mod verify;
 
 pub use controller::Controller;
-pub use drafter::{Draft, Drafter};
+pub use drafter::{confidence_class, match_class, Draft, Drafter, EVIDENCE_CLASSES};
 pub use generate::{generate_spec, Pass, Session, SpecOutput, SpecStats};

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use super::model_drafter::top_prob;
-use super::{Draft, Drafter};
+use super::{confidence_class, Draft, Drafter};
 use crate::sampler::argmax;
 use crate::{EngineError, KvCache, LogitRows};
 
@@ -163,6 +163,9 @@ impl Drafter for MtpDrafter {
                 break;
             }
             let Some(t) = self.mtp.token(argmax(&logits) as usize) else { break };
+            if i == 0 {
+                d.class = confidence_class(conf);
+            }
             d.tokens.push(t);
             d.confidence.push(conf);
             if i + 1 < k {

@@ -2,7 +2,10 @@
 //! n tokens (n from `max_n` down to `min_n`) in prompt + output and propose
 //! the tokens that followed it.
 
-use super::{Draft, Drafter};
+use super::{match_class, Draft, Drafter};
+
+/// Matches are measured up to this many tokens.
+const MAX_MATCH: usize = 32;
 
 pub struct NgramDrafter {
     pub min_n: usize,
@@ -40,6 +43,9 @@ impl Drafter for NgramDrafter {
                 // Longer matches are more trustworthy.
                 let conf = n as f32 / (n as f32 + 1.0);
                 d.confidence = vec![conf; d.tokens.len()];
+                // How far the match reaches back (its class for the controller).
+                let back = (1..=MAX_MATCH - n).take_while(|&i| i <= s && ctx[s - i] == ctx[ctx.len() - n - i]).count();
+                d.class = match_class(n + back);
                 return d;
             }
         }
@@ -60,5 +66,20 @@ mod tests {
         assert!(g.propose(&[4, 5, 6], 3).is_empty());
         // Near the end of the context the proposal is shorter.
         assert_eq!(g.propose(&[1, 2, 3, 1, 2], 4).tokens, vec![3, 1, 2]);
+    }
+
+    #[test]
+    fn the_class_grows_with_how_far_the_match_reaches_back() {
+        let mut g = NgramDrafter::default();
+        // "1 2 3" matches, and the tokens before it (9, 5) differ.
+        let d = g.propose(&[9, 1, 2, 3, 7, 5, 1, 2, 3], 2);
+        assert_eq!((d.tokens.clone(), d.class), (vec![7, 5], match_class(3)));
+        // A repeated 12-token stretch: the match reaches 11 tokens back.
+        let unit: Vec<u32> = (10..22).collect();
+        let mut ctx = unit.clone();
+        ctx.extend_from_slice(&unit[..11]);
+        let d = g.propose(&ctx, 3);
+        assert_eq!(d.tokens, vec![21, 10, 11]);
+        assert_eq!(d.class, match_class(11));
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::{Draft, Drafter};
+use super::{match_class, Draft, Drafter};
 
 #[derive(Default)]
 struct Node {
@@ -191,6 +191,7 @@ impl Drafter for SuffixDrafter {
             };
             if d.tokens.is_empty() {
                 self.last_match_len = len;
+                d.class = match_class(len);
             }
             let before = d.tokens.len();
             if !trie.walk(node, k, self.min_prob, &mut p, &mut d) || d.tokens.len() == before {

@@ -521,3 +521,37 @@ pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
         i += 16;
     }
 }
+
+/// `ops::argmax_scalar`'s answer (the first index of the largest value, NaNs
+/// never winning) in two passes: the largest non-NaN value, then where it
+/// first occurs. `vmaxps` returns its second operand when either is NaN.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn argmax(x: &[f32]) -> usize {
+    let n = x.len();
+    if n == 0 || x[0].is_nan() {
+        return 0;
+    }
+    let p = x.as_ptr();
+    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + 16 <= n {
+        m = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m);
+        i += 16;
+    }
+    let mut max = _mm512_reduce_max_ps(m);
+    for &v in &x[i..] {
+        if v > max {
+            max = v;
+        }
+    }
+    let mv = _mm512_set1_ps(max);
+    let mut i = 0;
+    while i + 16 <= n {
+        let hit = _mm512_cmpeq_ps_mask(_mm512_loadu_ps(p.add(i)), mv);
+        if hit != 0 {
+            return i + hit.trailing_zeros() as usize;
+        }
+        i += 16;
+    }
+    i + x[i..].iter().position(|&v| v == max).unwrap_or(0)
+}
