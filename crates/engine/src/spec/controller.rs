@@ -94,8 +94,8 @@ impl Controller {
     /// was an outlier (the first pass of a request: cold caches, fresh logit
     /// buffers) fades instead of standing for its row count until that count
     /// happens to be chosen again, and row counts not chosen for a while
-    /// follow the level as the context grows.
-    /// More rows never cost less: the shape is read as its running maximum.
+    /// follow the level as the context grows. More rows never cost less: the
+    /// shape is read as its running maximum.
     pub fn pass_cost(&self, n: usize) -> f64 {
         let known = self.pass_shape.iter().take(n + 1).skip(2).fold(1f64, |a, &r| a.max(r));
         let shape = if n < self.pass_shape.len() { known } else { known.max(1.0 + PRIOR_ROW_COST * (n - 1) as f64) };
@@ -118,12 +118,6 @@ impl Controller {
         let source = key / EVIDENCE_CLASSES;
         let per_token = self.draft_secs_per_token[source.min(self.draft_secs_per_token.len() - 1)];
         self.expected_tokens(key, k) / (self.pass_cost(k + 1) + k as f64 * per_token)
-    }
-
-    /// Tokens per second of verifying a k-token draft from `source` of
-    /// evidence `class`.
-    pub fn rate_of(&self, source: usize, class: usize, k: usize) -> f64 {
-        self.rate(key(source, class), k)
     }
 
     /// Makes room for the statistics of `source`.

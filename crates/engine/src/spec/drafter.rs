@@ -12,8 +12,8 @@ pub struct Draft {
     /// Which of a combined drafter's sources made the draft (0 for drafters
     /// with one source); the controller keeps statistics per source.
     pub source: usize,
-    /// How strong the drafter's evidence was (`evidence_class` of a match
-    /// length, or of a head's confidence; 0 when it has no such measure):
+    /// How strong the drafter's evidence was (`match_class` of a match
+    /// length, `confidence_class` of a head's confidence; 0 without either):
     /// the controller keeps acceptance per (source, class), so a long match
     /// drafts long while a one-token match in the same request drafts short.
     pub class: usize,

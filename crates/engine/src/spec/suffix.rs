@@ -229,6 +229,8 @@ mod tests {
         // "1 2" is followed by 3 three times; "1 2 3" by 4 twice and 5 once.
         assert_eq!(d.tokens, vec![3, 4, 1]);
         assert!(d.confidence[1] < d.confidence[0]);
+        // The longest suffix with a continuation is "1 2" ("5 1 2" has none).
+        assert_eq!(d.class, match_class(2));
     }
 
     #[test]
