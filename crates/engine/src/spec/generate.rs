@@ -171,18 +171,17 @@ impl Session {
         } else {
             Draft::default()
         };
-        let k = ctl.choose(&draft);
-        let proposed = draft.tokens.clone();
+        let k = ctl.choose(&draft).min(draft.len());
+        // Out-of-vocabulary draft ids cannot be fed to the target: cut the
+        // draft there (they would be rejected anyway).
+        let vocab = model.vocab_size() as u32;
+        let keep = draft.tokens[..k].iter().take_while(|&&t| t < vocab).count();
+        self.pending_next = draft.tokens.get(keep).copied();
         draft.truncate(k);
         if !draft.q.is_empty() && draft.q.len() != draft.len() {
             draft.q.clear();
         }
-        // Out-of-vocabulary draft ids cannot be fed to the target: cut the
-        // draft there (they would be rejected anyway).
-        let vocab = model.vocab_size() as u32;
-        let valid = draft.tokens.iter().take_while(|&&t| t < vocab).count();
-        draft.truncate(valid);
-        self.pending_next = proposed.get(draft.len()).copied();
+        draft.truncate(keep);
         let last = *self.ctx.last().expect("context is never empty");
         let mut tokens = Vec::with_capacity(draft.len() + 1);
         tokens.push(last);
