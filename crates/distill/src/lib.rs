@@ -78,6 +78,10 @@ pub struct DistillConfig {
     /// target continues each to `seq_len` tokens. With `self_gen` > 0 only
     /// the first `self_gen` prompts are used.
     pub self_gen_prompts: Option<PathBuf>,
+    /// Depths the head is unrolled to in training (1: the first draft
+    /// only; t > 1 also trains the t-th chained draft on the head's own
+    /// output, EAGLE-3's training-time test). The loss weighs depth t by 1/t.
+    pub depth: usize,
 }
 
 impl Default for DistillConfig {
@@ -98,6 +102,7 @@ impl Default for DistillConfig {
             eval_seqs: 4,
             self_gen: 0,
             self_gen_prompts: None,
+            depth: 3,
         }
     }
 }
@@ -111,8 +116,9 @@ pub struct StepReport {
     /// Fraction of positions where the head's top token is the target's.
     pub agree: f64,
     pub tokens_per_sec: f64,
-    /// Set on evaluation steps: agreement on the held-out sequences.
-    pub eval_agree: Option<f64>,
+    /// Set on evaluation steps: agreement on the held-out sequences, per
+    /// unrolled depth (the first draft, then the chained ones).
+    pub eval_agree: Option<Vec<f64>>,
     pub phase: &'static str,
     /// Seconds of this step in the target's passes, and in all.
     pub teacher_secs: f64,
@@ -127,7 +133,8 @@ pub struct Summary {
     pub train_seqs: usize,
     pub tokens_seen: usize,
     pub final_loss: f64,
-    pub eval_agree: f64,
+    /// Held-out agreement per unrolled depth.
+    pub eval_agree: Vec<f64>,
     pub out: PathBuf,
     pub out_bytes: u64,
 }
@@ -268,7 +275,8 @@ pub fn distill(
 
     let l = cfg.seq_len - 1;
     let (cos, sin) = model::rope_tables(&shape, l, &dev)?;
-    let mask = model::causal_mask(l, shape.window, &dev)?;
+    let depth = cfg.depth.max(1);
+    let masks = model::masks(l, shape.window, depth, &dev)?;
     // Inputs, and the teacher p_{i+1} = softmax(h_{i+1} W_draft^T): the
     // target's own distribution restricted to the draft vocabulary.
     let build = |taught: &[Taught]| -> Result<(Inputs, Tensor), DistillError> {
@@ -286,7 +294,7 @@ pub fn distill(
             hidden: hid.narrow(1, 0, l)?.contiguous()?,
             cos: cos.clone(),
             sin: sin.clone(),
-            mask: mask.clone(),
+            masks: masks.clone(),
         };
         Ok((inputs, p))
     };
@@ -296,22 +304,27 @@ pub fn distill(
         let b: Vec<u32> = p.argmax(candle_core::D::Minus1)?.flatten_all()?.to_vec1()?;
         Ok((a.iter().zip(&b).filter(|(x, y)| x == y).count(), a.len()))
     };
-    let evaluate = || -> Result<f64, DistillError> {
-        let (mut hit, mut all) = (0, 0);
+    // Rows of depth t with a chain behind them (j >= t - 1), of log q and p.
+    let valid = |t: usize, x: &Tensor| -> Result<Tensor, DistillError> { Ok(x.narrow(1, t - 1, l - (t - 1))?) };
+    // Held-out agreement per depth.
+    let evaluate = || -> Result<Vec<f64>, DistillError> {
+        let mut hits = vec![(0usize, 0usize); depth];
         for s in &eval {
             let (inputs, p) = build(&[teacher.teach(s)?])?;
-            let logq = model::forward(&params, &shape, &out_rows, &inputs)?;
-            let (h, a) = agreement(&logq, &p)?;
-            hit += h;
-            all += a;
+            let logq = model::forward_unrolled(&params, &shape, &out_rows, &inputs, depth)?;
+            for (t, lq) in logq.iter().enumerate() {
+                let (h, a) = agreement(&valid(t + 1, lq)?, &valid(t + 1, &p)?)?;
+                hits[t].0 += h;
+                hits[t].1 += a;
+            }
         }
-        Ok(hit as f64 / all.max(1) as f64)
+        Ok(hits.iter().map(|&(h, a)| h as f64 / a.max(1) as f64).collect())
     };
 
     let mut last_loss = f64::NAN;
     let mut tokens_seen = step0 * cfg.batch * l;
     let t0 = Instant::now();
-    let mut eval_agree = f64::NAN;
+    let mut eval_agree = Vec::new();
     for step in step0..cfg.steps {
         let t_step = Instant::now();
         let taught: Vec<Taught> = (0..cfg.batch)
@@ -319,10 +332,15 @@ pub fn distill(
             .collect::<Result<_, _>>()?;
         let t_teach = t_step.elapsed().as_secs_f64();
         let (inputs, p) = build(&taught)?;
-        let logq = model::forward(&params, &shape, &out_rows, &inputs)?;
-        let loss = model::loss(&logq, &p, cfg.batch * l)?;
+        let logq = model::forward_unrolled(&params, &shape, &out_rows, &inputs, depth)?;
+        // Depth t weighs 1/t: the first draft gates every later one.
+        let mut loss = model::loss(&logq[0], &p, cfg.batch * l)?;
+        for (t, lq) in logq.iter().enumerate().skip(1) {
+            let rows = cfg.batch * (l - t);
+            loss = (loss + (model::loss(&valid(t + 1, lq)?, &valid(t + 1, &p)?, rows)? / (t + 1) as f64)?)?;
+        }
         let grads = loss.backward()?;
-        let (hit, all) = agreement(&logq, &p)?;
+        let (hit, all) = agreement(&logq[0], &p)?;
         last_loss = loss.to_scalar::<f32>()? as f64;
         if !last_loss.is_finite() {
             return Err(DistillError::Config(format!("loss became {last_loss} at step {step}; lower --lr")));
@@ -367,7 +385,7 @@ pub fn distill(
         };
         if done % cfg.checkpoint_every == 0 || done == cfg.steps {
             eval_agree = evaluate()?;
-            r.eval_agree = Some(eval_agree);
+            r.eval_agree = Some(eval_agree.clone());
             save_checkpoint(&ckpt, &params, &moments, done, &vocab)?;
             write_head(&cfg.out, &target.file, &params, &vocab, cfg, done)?;
         }

@@ -134,15 +134,29 @@ pub fn rope_tables(s: &HeadShape, l: usize, dev: &Device) -> candle_core::Result
 
 /// Additive causal mask (L, L) within the sliding window.
 pub fn causal_mask(l: usize, window: usize, dev: &Device) -> candle_core::Result<Tensor> {
+    chain_mask(l, window, 1, dev)
+}
+
+/// Additive mask (L, L) of a depth-t pass over the rows of pass 1: the row
+/// at position j is the (t-1)-th chained row after the verified row
+/// j - (t - 1), and sees verified rows up to that one only (within the
+/// sliding window). Depth 1 is the causal mask.
+pub fn chain_mask(l: usize, window: usize, depth: usize, dev: &Device) -> candle_core::Result<Tensor> {
+    let back = depth.max(1) - 1;
     let mut m = vec![0f32; l * l];
     for i in 0..l {
         for j in 0..l {
-            if j > i || i - j >= window {
+            if j + back > i || i - j >= window {
                 m[i * l + j] = -1e30;
             }
         }
     }
     Tensor::from_vec(m, (l, l), dev)
+}
+
+/// Masks of depths 1..=depth (`chain_mask`), what `Inputs::masks` holds.
+pub fn masks(l: usize, window: usize, depth: usize, dev: &Device) -> candle_core::Result<Vec<Tensor>> {
+    (1..=depth.max(1)).map(|t| chain_mask(l, window, t, dev)).collect()
 }
 
 /// Everything a forward pass needs besides the parameters.
@@ -153,57 +167,109 @@ pub struct Inputs {
     pub hidden: Tensor,
     pub cos: Tensor,
     pub sin: Tensor,
-    pub mask: Tensor,
+    /// `masks(L, window, depth)`: one per unrolled depth (at least one).
+    pub masks: Vec<Tensor>,
 }
 
-/// Log-probabilities over the draft vocabulary, (B, L, N).
+/// `t` (B, L, ..) moved `by` positions later along dim 1, zeros in front.
+fn shift(t: &Tensor, dim: usize, by: usize) -> candle_core::Result<Tensor> {
+    if by == 0 {
+        return Ok(t.clone());
+    }
+    let l = t.dim(dim)?;
+    t.narrow(dim, 0, l - by)?.pad_with_zeros(dim, by, 0)
+}
+
+/// Log-probabilities over the draft vocabulary, (B, L, N): the head run on
+/// the target's hidden states (what drafts the first token).
 pub fn forward(p: &Params, s: &HeadShape, out_rows: &Tensor, x: &Inputs) -> candle_core::Result<Tensor> {
-    let (b, l, d) = x.emb.dims3()?;
+    Ok(forward_unrolled(p, s, out_rows, x, 1)?.remove(0))
+}
+
+/// The head unrolled as it drafts (EAGLE-3's training-time test), one log q
+/// (B, L, N) per depth t = 1..=depth. Depth 1 reads the target's hidden
+/// states; depth t at position j reads the head's own post-norm output of
+/// depth t-1 at position j-1 (as chaining does at inference) and attends to
+/// the verified rows up to j-(t-1) plus the chained rows of depths 2..t at
+/// positions j-(t-2)..j: exactly the cache a chained draft sees. Rows
+/// j < t-1 of depth t have no such chain and are garbage (the loss skips
+/// them).
+pub fn forward_unrolled(
+    p: &Params,
+    s: &HeadShape,
+    out_rows: &Tensor,
+    x: &Inputs,
+    depth: usize,
+) -> candle_core::Result<Vec<Tensor>> {
+    let (b, l, _) = x.emb.dims3()?;
     let (h, hkv, hd) = (s.n_head, s.n_head_kv, s.head_dim);
     let blk = |n: &str| p.get(&format!("blk.0.{n}"));
-    let cat = Tensor::cat(&[rmsnorm(&x.emb, p.get(ENORM), s.eps)?, rmsnorm(&x.hidden, p.get(HNORM), s.eps)?], 2)?;
-    let mut xs = linear(&cat, p.get(EH_PROJ))?;
-
-    // attention
-    let a = rmsnorm(&xs, blk("attn_norm.weight"), s.eps)?;
-    let q = linear(&a, blk("attn_q.weight"))?.reshape((b, l, h, hd))?;
-    let k = linear(&a, blk("attn_k.weight"))?.reshape((b, l, hkv, hd))?;
-    let v = linear(&a, blk("attn_v.weight"))?.reshape((b, l, hkv, hd))?;
-    let q = rmsnorm(&q, blk("attn_q_norm.weight"), s.eps)?.transpose(1, 2)?.contiguous()?;
-    let k = rmsnorm(&k, blk("attn_k_norm.weight"), s.eps)?.transpose(1, 2)?.contiguous()?;
-    let q = (rope(&q, &x.cos, &x.sin)? * s.attn_scale as f64)?;
-    let k = rope(&k, &x.cos, &x.sin)?;
-    let v = v.transpose(1, 2)?.contiguous()?;
-    // Grouped-query: each key/value head serves h / hkv query heads.
     let rep = h / hkv;
+    // Grouped-query: each key/value head serves h / hkv query heads.
     let expand = |t: Tensor| -> candle_core::Result<Tensor> {
         if rep == 1 {
             return Ok(t);
         }
         t.unsqueeze(2)?.broadcast_as((b, hkv, rep, l, hd))?.reshape((b, h, l, hd))
     };
-    let (k, v) = (expand(k)?, expand(v)?);
-    let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(&x.mask)?;
-    let max = scores.max_keepdim(D::Minus1)?.detach();
-    let e = scores.broadcast_sub(&max)?.exp()?;
-    let att = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-    let o = att.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h * hd))?;
-    let o = rmsnorm(&linear(&o, blk("attn_output.weight"))?, blk("post_attention_norm.weight"), s.eps)?;
-    xs = (xs + o)?;
+    // Keys and values (B, H, L, hd) of every depth so far.
+    let mut kv: Vec<(Tensor, Tensor)> = Vec::new();
+    let mut out = Vec::with_capacity(depth);
+    let mut hidden = x.hidden.clone();
+    for t in 1..=depth.max(1) {
+        let cat = Tensor::cat(&[rmsnorm(&x.emb, p.get(ENORM), s.eps)?, rmsnorm(&hidden, p.get(HNORM), s.eps)?], 2)?;
+        let mut xs = linear(&cat, p.get(EH_PROJ))?;
 
-    // feed-forward (GELU-tanh gated)
-    let f = rmsnorm(&xs, blk("ffn_norm.weight"), s.eps)?;
-    let g = (linear(&f, blk("ffn_gate.weight"))?.gelu()? * linear(&f, blk("ffn_up.weight"))?)?;
-    let o = rmsnorm(&linear(&g, blk("ffn_down.weight"))?, blk("post_ffw_norm.weight"), s.eps)?;
-    xs = (xs + o)?;
+        // attention
+        let a = rmsnorm(&xs, blk("attn_norm.weight"), s.eps)?;
+        let q = linear(&a, blk("attn_q.weight"))?.reshape((b, l, h, hd))?;
+        let k = linear(&a, blk("attn_k.weight"))?.reshape((b, l, hkv, hd))?;
+        let v = linear(&a, blk("attn_v.weight"))?.reshape((b, l, hkv, hd))?;
+        let q = rmsnorm(&q, blk("attn_q_norm.weight"), s.eps)?.transpose(1, 2)?.contiguous()?;
+        let k = rmsnorm(&k, blk("attn_k_norm.weight"), s.eps)?.transpose(1, 2)?.contiguous()?;
+        let q = (rope(&q, &x.cos, &x.sin)? * s.attn_scale as f64)?;
+        let k = expand(rope(&k, &x.cos, &x.sin)?)?;
+        let v = expand(v.transpose(1, 2)?.contiguous()?)?;
+        kv.push((k, v));
+        let (k1, v1) = &kv[0];
+        // Scores against depth 1's rows (B, H, L, L), then one column per
+        // chained depth 2..=t: the row of depth u at position j - (t - u).
+        let mut cols = vec![q.matmul(&k1.t()?.contiguous()?)?.broadcast_add(&x.masks[t - 1])?];
+        for (u, (ku, _)) in kv.iter().enumerate().skip(1) {
+            // kv[u] is depth u + 1.
+            let back = t - (u + 1);
+            cols.push((&q * shift(ku, 2, back)?)?.sum_keepdim(D::Minus1)?);
+        }
+        let scores = Tensor::cat(&cols, D::Minus1)?;
+        let max = scores.max_keepdim(D::Minus1)?.detach();
+        let e = scores.broadcast_sub(&max)?.exp()?;
+        let att = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        let mut o = att.narrow(D::Minus1, 0, l)?.contiguous()?.matmul(v1)?;
+        for (u, (_, vu)) in kv.iter().enumerate().skip(1) {
+            let back = t - (u + 1);
+            let w = att.narrow(D::Minus1, l + u - 1, 1)?;
+            o = (o + shift(vu, 2, back)?.broadcast_mul(&w)?)?;
+        }
+        let o = o.transpose(1, 2)?.reshape((b, l, h * hd))?;
+        let o = rmsnorm(&linear(&o, blk("attn_output.weight"))?, blk("post_attention_norm.weight"), s.eps)?;
+        xs = (xs + o)?;
 
-    let y = rmsnorm(&xs, p.get(OUT_NORM), s.eps)?;
-    let logits = linear(&y, out_rows)?;
-    let _ = d;
-    let max = logits.max_keepdim(D::Minus1)?.detach();
-    let z = logits.broadcast_sub(&max)?;
-    let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    z.broadcast_sub(&lse)
+        // feed-forward (GELU-tanh gated)
+        let f = rmsnorm(&xs, blk("ffn_norm.weight"), s.eps)?;
+        let g = (linear(&f, blk("ffn_gate.weight"))?.gelu()? * linear(&f, blk("ffn_up.weight"))?)?;
+        let o = rmsnorm(&linear(&g, blk("ffn_down.weight"))?, blk("post_ffw_norm.weight"), s.eps)?;
+        xs = (xs + o)?;
+
+        let y = rmsnorm(&xs, p.get(OUT_NORM), s.eps)?;
+        let logits = linear(&y, out_rows)?;
+        let max = logits.max_keepdim(D::Minus1)?.detach();
+        let z = logits.broadcast_sub(&max)?;
+        let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        out.push(z.broadcast_sub(&lse)?);
+        // The next depth reads this depth's output one position later.
+        hidden = shift(&y, 1, 1)?;
+    }
+    Ok(out)
 }
 
 /// Softmax over the last dimension.

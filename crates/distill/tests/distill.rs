@@ -23,6 +23,13 @@ fn tiny(seed: u64) -> Loaded {
     load_file(file, &LoadOptions { threads: 1, force_f32: true }, &|_, _| {}).unwrap()
 }
 
+/// Largest |log_softmax(logits) - logq| over a row.
+fn max_logq_diff(logits: &[f32], logq: &[f32]) -> f32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    logits.iter().zip(logq).map(|(&x, &q)| ((x - lse) - q).abs()).fold(0f32, f32::max)
+}
+
 fn tmp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("specdec-distill-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -67,7 +74,7 @@ fn training_forward_equals_the_engine_head() {
         hidden: Tensor::from_vec(hidden[..l * d].to_vec(), (1, l, d), &dev).unwrap(),
         cos,
         sin,
-        mask: model::causal_mask(l, shape.window, &dev).unwrap(),
+        masks: model::masks(l, shape.window, 3, &dev).unwrap(),
     };
     let out_rows = Tensor::from_vec(head::output_rows(&target.file, d, &vocab).unwrap(), (n, d), &dev).unwrap();
     let logq: Vec<f32> =
@@ -92,6 +99,33 @@ fn training_forward_equals_the_engine_head() {
     }
     eprintln!("worst |log q engine - log q candle| = {worst:e}");
     assert!(worst < 1e-3, "engine head and training forward differ by {worst}");
+    // Unrolled training (depths 2 and 3) is what chaining computes: from
+    // each verified row r, the engine chains the head's own post-norm output
+    // with the next token at positions r+1 and r+2.
+    let unrolled: Vec<Vec<f32>> = model::forward_unrolled(&params, &shape, &out_rows, &inputs, 3)
+        .unwrap()
+        .iter()
+        .map(|t| t.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert_eq!(unrolled[0], logq, "depth 1 of the unrolled pass is the plain forward");
+    let mut worst = 0f32;
+    let mut compared = 0;
+    for r in 0..l - 2 {
+        let mut hc = h.new_cache(16);
+        let (_, hs) = h.forward(&mut hc, &seq[1..r + 2], &hidden[..(r + 1) * d], LogitRows::None).unwrap();
+        let mut y = hs[r * d..].to_vec();
+        for t in 2..=3 {
+            let pos = r + t - 1;
+            let (row, next) = h.forward(&mut hc, &[seq[pos + 1]], &y, LogitRows::Last).unwrap();
+            worst = worst.max(max_logq_diff(&row, &unrolled[t - 1][pos * n..(pos + 1) * n]));
+            compared += 1;
+            y = next;
+        }
+    }
+    eprintln!("worst |log q engine chain - log q unrolled| = {worst:e} over {compared} rows");
+    assert_eq!(compared, 2 * (l - 2));
+    assert!(worst < 1e-3, "engine chaining and unrolled training differ by {worst}");
+
     // The head's logit index maps back to the draft vocabulary's token.
     assert_eq!(h.token(0), Some(vocab[0]));
     assert_eq!(h.token(n), None);

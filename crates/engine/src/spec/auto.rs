@@ -10,6 +10,7 @@
 //! so either can take over at the next step. Drafts are deterministic, and
 //! the adaptive controller trims whichever was chosen.
 
+use super::controller::Budget;
 use super::mtp::MtpDrafter;
 use super::suffix::SuffixDrafter;
 use super::{Draft, Drafter};
@@ -38,12 +39,18 @@ impl Drafter for AutoDrafter {
         self.mtp.begin(prompt);
     }
     fn propose(&mut self, context: &[u32], k: usize) -> Draft {
-        let s = self.suffix.propose(context, k);
+        self.propose_within(context, &Budget::uniform(k))
+    }
+    /// The suffix part (source 0) and the head (source 1) each within their
+    /// own budget: the head's tokens cost a share of a target pass, the
+    /// suffix draft's next to nothing.
+    fn propose_within(&mut self, context: &[u32], budget: &Budget) -> Draft {
+        let s = self.suffix.propose(context, budget.of(0));
         if !s.is_empty() && self.suffix.last_match_len >= self.min_match {
             self.chosen[0] += 1;
             return s;
         }
-        let m = self.mtp.propose(context, k);
+        let m = self.mtp.propose(context, budget.of(1));
         if m.is_empty() {
             self.chosen[0] += usize::from(!s.is_empty());
             return s;

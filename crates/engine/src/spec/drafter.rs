@@ -1,5 +1,7 @@
 //! The drafter interface.
 
+use super::controller::Budget;
+
 /// A proposal of up to k tokens.
 #[derive(Clone, Debug, Default)]
 pub struct Draft {
@@ -64,6 +66,11 @@ pub trait Drafter {
     fn begin(&mut self, prompt: &[u32]);
     /// Up to `k` tokens continuing `context` (prompt + output so far).
     fn propose(&mut self, context: &[u32], k: usize) -> Draft;
+    /// `propose` within the controller's per-source budget: a drafter with
+    /// several sources (`Draft::source`) asks each for its own share.
+    fn propose_within(&mut self, context: &[u32], budget: &Budget) -> Draft {
+        self.propose(context, budget.max)
+    }
     /// Tokens appended to the context since the last call.
     fn accept(&mut self, new_tokens: &[u32]);
     /// End of the request (drafters with history keep what they learned).

@@ -159,13 +159,13 @@ impl Session {
         let remaining = self.max_new - self.out.len();
         // Never draft past the token budget: the bonus always comes on top.
         let room = self.cache.capacity.saturating_sub(self.cache.len() + 1);
-        let budget = ctl.draft_budget().min(remaining - 1).min(room).min(cap);
-        let mut draft = if budget > 0 {
+        let budget = ctl.draft_budget().capped((remaining - 1).min(room).min(cap));
+        let mut draft = if budget.max > 0 {
             let td = Instant::now();
-            let mut d = drafter.propose(&self.ctx, budget);
+            let mut d = drafter.propose_within(&self.ctx, &budget);
             let dt = td.elapsed().as_secs_f64();
             self.spec.draft_s += dt;
-            d.truncate(budget);
+            d.truncate(budget.of(d.source));
             ctl.observe_draft(d.source, d.len(), dt);
             d
         } else {
