@@ -132,15 +132,10 @@ pub fn rope_tables(s: &HeadShape, l: usize, dev: &Device) -> candle_core::Result
     Ok((Tensor::from_vec(c, (l, half), dev)?, Tensor::from_vec(sn, (l, half), dev)?))
 }
 
-/// Additive causal mask (L, L) within the sliding window.
-pub fn causal_mask(l: usize, window: usize, dev: &Device) -> candle_core::Result<Tensor> {
-    chain_mask(l, window, 1, dev)
-}
-
 /// Additive mask (L, L) of a depth-t pass over the rows of pass 1: the row
 /// at position j is the (t-1)-th chained row after the verified row
 /// j - (t - 1), and sees verified rows up to that one only (within the
-/// sliding window). Depth 1 is the causal mask.
+/// sliding window). Depth 1 is the causal mask within the window.
 pub fn chain_mask(l: usize, window: usize, depth: usize, dev: &Device) -> candle_core::Result<Tensor> {
     let back = depth.max(1) - 1;
     let mut m = vec![0f32; l * l];
@@ -216,8 +211,10 @@ pub fn forward_unrolled(
     let mut kv: Vec<(Tensor, Tensor)> = Vec::new();
     let mut out = Vec::with_capacity(depth);
     let mut hidden = x.hidden.clone();
+    // Every depth reads the same next tokens.
+    let emb = rmsnorm(&x.emb, p.get(ENORM), s.eps)?;
     for t in 1..=depth.max(1) {
-        let cat = Tensor::cat(&[rmsnorm(&x.emb, p.get(ENORM), s.eps)?, rmsnorm(&hidden, p.get(HNORM), s.eps)?], 2)?;
+        let cat = Tensor::cat(&[&emb, &rmsnorm(&hidden, p.get(HNORM), s.eps)?], 2)?;
         let mut xs = linear(&cat, p.get(EH_PROJ))?;
 
         // attention
