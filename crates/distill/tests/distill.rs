@@ -88,15 +88,8 @@ fn training_forward_equals_the_engine_head() {
     let mut hc = h.new_cache(16);
     let (logits, _) = h.forward(&mut hc, &seq[1..], &hidden[..l * d], LogitRows::All).unwrap();
     assert_eq!(logits.len(), l * n);
-    let mut worst = 0f32;
-    for i in 0..l {
-        let row = &logits[i * n..(i + 1) * n];
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-        for j in 0..n {
-            worst = worst.max(((row[j] - lse) - logq[i * n + j]).abs());
-        }
-    }
+    let worst =
+        (0..l).map(|i| max_logq_diff(&logits[i * n..(i + 1) * n], &logq[i * n..(i + 1) * n])).fold(0f32, f32::max);
     eprintln!("worst |log q engine - log q candle| = {worst:e}");
     assert!(worst < 1e-3, "engine head and training forward differ by {worst}");
     // Unrolled training (depths 2 and 3) is what chaining computes: from
