@@ -506,4 +506,7 @@ impl crate::spec::mtp::MtpHead for Gemma3Head {
         let m = hidden.len() / self.core.cfg.n_embd;
         self.core.logits(&hidden[..m * self.core.cfg.n_embd], m, &mut ActScratch::default())
     }
+    fn window(&self) -> Option<usize> {
+        Some(self.core.cfg.window)
+    }
 }

@@ -41,6 +41,13 @@ pub trait MtpHead: Send + Sync {
     /// Logits of post-norm hidden rows (as `forward` returns them): what
     /// `forward` would have given for those rows, bit for bit.
     fn logits(&self, hidden: &[f32]) -> Vec<f32>;
+    /// Some(w) when the module is one sliding-window block: a row reads only
+    /// the keys of the w positions up to its own, and a row's keys and values
+    /// depend on its own input alone, so rows w or more behind the last one
+    /// run need not be run at all. None: every row matters.
+    fn window(&self) -> Option<usize> {
+        None
+    }
 }
 
 pub struct MtpDrafter {
@@ -61,6 +68,11 @@ pub struct MtpDrafter {
     head: Option<(Option<Vec<f32>>, Vec<f32>)>,
     /// Stop chaining when the module's top probability falls below this.
     pub min_confidence: f32,
+    /// Leave rows outside a sliding-window module's reach unrun
+    /// (`MtpHead::window`); off only to test that skipping changes nothing.
+    pub skip_unread: bool,
+    /// Positions below this may be unrun (skipped as unread).
+    skipped_to: usize,
 }
 
 impl MtpDrafter {
@@ -76,6 +88,8 @@ impl MtpDrafter {
             pending_next: Vec::new(),
             head: None,
             min_confidence: 0.2,
+            skip_unread: true,
+            skipped_to: 0,
         }
     }
 
@@ -86,9 +100,23 @@ impl MtpDrafter {
             return self.head.is_some();
         }
         self.cache.truncate(self.synced);
-        let next = std::mem::take(&mut self.pending_next);
-        let hidden = std::mem::take(&mut self.pending_hidden);
+        let mut next = std::mem::take(&mut self.pending_next);
+        let mut hidden = std::mem::take(&mut self.pending_hidden);
         let d = self.mtp.n_embd();
+        // A long prompt's first catch-up: rows no later row can attend to
+        // are left unrun (their cache rows stay unwritten and unread).
+        let skip = match self.mtp.window() {
+            Some(w) if self.skip_unread => next.len().saturating_sub(w),
+            _ => 0,
+        };
+        if skip > 0 {
+            self.cache.reserve(self.synced + skip);
+            self.cache.set_len(self.synced + skip);
+            self.synced += skip;
+            self.skipped_to = self.synced;
+            next.drain(..skip);
+            hidden.drain(..skip * d);
+        }
         // Logits wait for `propose`'s first token.
         match self.mtp.forward(&mut self.cache, &next, &hidden, LogitRows::None) {
             Ok((_, hs)) => {
@@ -112,6 +140,7 @@ impl Drafter for MtpDrafter {
     fn begin(&mut self, _prompt: &[u32]) {
         self.cache.truncate(0);
         self.synced = 0;
+        self.skipped_to = 0;
         self.pending_hidden.clear();
         self.pending_next.clear();
         self.head = None;
@@ -128,7 +157,13 @@ impl Drafter for MtpDrafter {
             return;
         }
         if pos0 < self.synced {
-            // The target rolled back below what the module ran: run again from there.
+            // The target rolled back below what the module ran: run again
+            // from there, unless rows it would read were skipped.
+            if self.skipped_to > 0 && pos0 < self.skipped_to + self.mtp.window().unwrap_or(0) {
+                self.pending_hidden.clear();
+                self.pending_next.clear();
+                return;
+            }
             self.synced = pos0;
             self.pending_hidden.clear();
             self.pending_next.clear();
@@ -192,7 +227,10 @@ mod tests {
     fn catching_up_late_drafts_what_running_every_step_drafts() {
         let (_model, head) = tiny_gemma3_with_head(4, 6);
         let d = head.n_embd();
+        // The eager drafter runs every row; the lazy one catches up over
+        // more rows than the head's window (8), so it skips some.
         let mut eager = MtpDrafter::new(head.clone(), 512, "mtp".into());
+        eager.skip_unread = false;
         let mut lazy = MtpDrafter::new(head, 512, "mtp".into());
         let mut rng = Rng::new(3);
         let mut rows = |n: usize| -> Vec<f32> { (0..n * d).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect() };
