@@ -121,14 +121,7 @@ MORE_TOPICS = [
     "dolphins", "elephants", "penguins", "ants", "mushrooms", "the brain", "memory",
     "language learning", "mathematics education", "robots", "self-driving cars", "3D printing",
 ]
-MORE_TEMPLATES = [
-    "Explain {t} to a high school student.",
-    "What are the main advantages and disadvantages of {t}?",
-    "Write a short story in which {t} plays an important part.",
-    "Write a persuasive essay about why everyone should learn about {t}.",
-    "Imagine you are a tour guide. Describe {t} to a group of visitors.",
-    "Give three common misconceptions about {t} and correct each one.",
-    "Write a blog post titled \"Everything you need to know about {t}\".",
+NEW_TEMPLATES = [
     "Draft a professional email to your manager proposing a workshop on {t}.",
     "Describe the history of {t} in a few paragraphs.",
     "How has {t} changed over the last hundred years?",
@@ -139,6 +132,8 @@ MORE_TEMPLATES = [
     "List five interesting facts about {t}.",
     "Write a poem about {t}.",
 ]
+# The first templates less the question-answer one, then the new ones.
+MORE_TEMPLATES = [t for t in TEMPLATES if not t.startswith("Question:")] + NEW_TEMPLATES
 ROLES = [
     "a pirate captain", "a detective in London", "a medieval knight", "a friendly robot", "a travel agent",
     "a personal fitness coach", "a chef in a busy restaurant", "a history teacher", "a stand-up comedian",
@@ -242,7 +237,7 @@ def add_more(prompts, paras, rng):
         for tpl in rng.sample(MORE_TEMPLATES, 6):
             prompts.append(tpl.format(t=t))
     for t in TOPICS:
-        for tpl in rng.sample(MORE_TEMPLATES[7:], 3):
+        for tpl in rng.sample(NEW_TEMPLATES, 3):
             prompts.append(tpl.format(t=t))
     for r in ROLES:
         for tpl in ROLE_TASKS:
