@@ -42,6 +42,52 @@ fn tiny_model_rows_are_batch_invariant_past_the_window() {
     check(l.model.as_ref(), &toks);
 }
 
+/// A pass that wants only its last row's logits runs the last layer's
+/// queries, attention and feed-forward for that row alone; its logits and the
+/// cache it leaves must equal those of a pass computing every row.
+fn check_last_row_only(m: &dyn Model, toks: &[u32]) {
+    let v = m.vocab_size();
+    let mut all_cache = m.new_cache(toks.len());
+    let all = m.forward(&mut all_cache, toks, LogitRows::All).unwrap();
+    let mut last_cache = m.new_cache(toks.len());
+    let last = m.forward(&mut last_cache, toks, LogitRows::Last).unwrap();
+    assert_eq!(last.len(), v);
+    let want = &all[(toks.len() - 1) * v..];
+    assert!(last.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "last-row-only pass changed logits");
+    assert_eq!(all_cache.len(), last_cache.len());
+    for layer in 0..all_cache.n_layers {
+        let ((k1, v1), (k2, v2)) = (all_cache.layer(layer), last_cache.layer(layer));
+        assert!(
+            k1.iter().zip(k2).chain(v1.iter().zip(v2)).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "layer {layer}: cache differs"
+        );
+    }
+    // A pass with no logit rows still fills the cache, and what follows it
+    // sees the same keys and values.
+    let mut none_cache = m.new_cache(toks.len() + 1);
+    let empty = m.forward(&mut none_cache, toks, LogitRows::None).unwrap();
+    assert!(empty.is_empty());
+    let mut all_cache2 = m.new_cache(toks.len() + 1);
+    m.forward(&mut all_cache2, toks, LogitRows::All).unwrap();
+    let a = m.forward(&mut none_cache, &[toks[0]], LogitRows::Last).unwrap();
+    let b = m.forward(&mut all_cache2, &[toks[0]], LogitRows::Last).unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "a no-logits pass left a different cache");
+}
+
+#[test]
+fn tiny_model_last_row_only_pass_equals_all_rows() {
+    let l = common::load_bytes(&common::tiny_gemma3(11, &|_, _| {})).unwrap();
+    let toks: Vec<u32> = (0..30).map(|i| 2 + (i * 53 % 290)).collect();
+    check_last_row_only(l.model.as_ref(), &toks);
+}
+
+#[test]
+fn default_model_last_row_only_pass_equals_all_rows() {
+    let l = common::load_default();
+    let toks = l.tokenizer.encode("A prefill reads the whole prompt, but only its last row is sampled.", true, false);
+    check_last_row_only(l.model.as_ref(), &toks);
+}
+
 #[test]
 fn rollback_equals_never_having_drafted() {
     let l = common::load_bytes(&common::tiny_gemma3(9, &|_, _| {})).unwrap();

@@ -293,3 +293,25 @@ fn session_hands_over_hidden_states_by_position() {
     // The first token came with the prompt rows; every later one was observed once.
     assert_eq!(pos, prompt.len() + out.tokens.len() - 1);
 }
+
+/// A pass that wants only its last row's logits runs the last layer's
+/// queries, attention and feed-forward for that row alone: its logits and
+/// the cache it leaves equal those of a pass computing every row.
+#[test]
+fn last_row_only_pass_equals_all_rows() {
+    for arch in ["llama", "qwen2"] {
+        let l = open(arch, false, false);
+        let m = l.model.as_ref();
+        let nv = m.vocab_size();
+        let toks: Vec<u32> = (0..24).map(|i| (3 + i * 29) % nv as u32).collect();
+        let (mut c_all, mut c_last) = (m.new_cache(32), m.new_cache(32));
+        let all = m.forward(&mut c_all, &toks, LogitRows::All).unwrap();
+        let last = m.forward(&mut c_last, &toks, LogitRows::Last).unwrap();
+        let want = &all[(toks.len() - 1) * nv..];
+        assert!(last.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "{arch}: logits differ");
+        // What follows sees the same cache.
+        let a = m.forward(&mut c_all, &[toks[1]], LogitRows::Last).unwrap();
+        let b = m.forward(&mut c_last, &[toks[1]], LogitRows::Last).unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{arch}: cache differs");
+    }
+}

@@ -204,23 +204,74 @@ pub fn attention(
 /// rows, or its last. Returns those rows and how many each sequence has.
 pub fn finish_rows(items: &mut [BatchItem], x: &[f32], d: usize) -> (Vec<f32>, Vec<usize>) {
     let mut xs = Vec::new();
-    let mut per_seq = Vec::with_capacity(items.len());
     let mut r0 = 0;
-    for it in items.iter_mut() {
+    for it in items.iter() {
         let n = it.tokens.len();
-        let first = match it.rows {
-            LogitRows::All => 0,
-            LogitRows::Last => n.saturating_sub(1),
-            LogitRows::None => n,
-        };
-        let nr = if n == 0 { 0 } else { n - first };
-        xs.extend_from_slice(&x[(r0 + first) * d..(r0 + first + nr) * d]);
-        per_seq.push(nr);
-        let len = it.cache.len() + n;
-        it.cache.set_len(len);
+        let first = first_logit_row(it);
+        xs.extend_from_slice(&x[(r0 + first) * d..(r0 + n) * d]);
         r0 += n;
     }
-    (xs, per_seq)
+    (xs, mark_appended(items))
+}
+
+/// Marks every sequence's rows as appended to its cache; returns how many
+/// logit rows each sequence has.
+pub fn mark_appended(items: &mut [BatchItem]) -> Vec<usize> {
+    items
+        .iter_mut()
+        .map(|it| {
+            let n = it.tokens.len();
+            let len = it.cache.len() + n;
+            it.cache.set_len(len);
+            n - first_logit_row(it)
+        })
+        .collect()
+}
+
+/// The first of an item's rows that needs logits (`tokens.len()` if none).
+fn first_logit_row(it: &BatchItem) -> usize {
+    let n = it.tokens.len();
+    match it.rows {
+        LogitRows::All => 0,
+        LogitRows::Last => n.saturating_sub(1),
+        LogitRows::None => n,
+    }
+}
+
+/// The rows of a pass (indices into `Rows`) whose logits `finish_rows`
+/// gathers, in the same order, or None when that is every row. Only these
+/// rows' last-layer outputs are read when no one asks for hidden states, so
+/// the last layer runs its queries, attention and feed-forward for them
+/// alone (as llama.cpp does); every row still writes its keys and values.
+pub fn logit_rows(items: &[BatchItem]) -> Option<Vec<usize>> {
+    let mut keep = Vec::new();
+    let mut r0 = 0;
+    for it in items {
+        let n = it.tokens.len();
+        keep.extend(r0 + first_logit_row(it)..r0 + n);
+        r0 += n;
+    }
+    (keep.len() < r0).then_some(keep)
+}
+
+/// Rows `keep` of a row-major matrix `x` of `w` columns.
+pub fn pick_rows(x: &[f32], keep: &[usize], w: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(keep.len() * w);
+    for &r in keep {
+        out.extend_from_slice(&x[r * w..(r + 1) * w]);
+    }
+    out
+}
+
+impl Rows {
+    /// The rows `keep` of these rows.
+    pub fn subset(&self, keep: &[usize]) -> Rows {
+        Rows {
+            seq: keep.iter().map(|&r| self.seq[r]).collect(),
+            pos: keep.iter().map(|&r| self.pos[r]).collect(),
+            ids: keep.iter().map(|&r| self.ids[r]).collect(),
+        }
+    }
 }
 
 /// Splits one pass's hidden states (`d` per row, every row) per sequence.

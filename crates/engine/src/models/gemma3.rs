@@ -13,8 +13,8 @@ use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_tabl
 use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
 
 use super::common::{
-    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, mtp_input, reserve, split_hidden,
-    split_logits, store_kv, AttnShape, Rows,
+    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, mtp_input,
+    pick_rows, reserve, split_hidden, split_logits, store_kv, AttnShape, Rows,
 };
 
 use crate::weights::WeightSource;
@@ -238,34 +238,67 @@ impl Gemma3 {
             sin_g.extend_from_slice(&ts);
         }
 
+        // With no hidden states asked for, the last layer's queries,
+        // attention and feed-forward run for the logit rows only (a prefill's
+        // last row): every other row needs just its keys and values there.
+        let keep = if hidden.is_none() { logit_rows(items) } else { None };
+        let n_layers = self.layers.len();
         for (li, l) in self.layers.iter().enumerate() {
+            let sub = if li + 1 == n_layers { keep.as_deref() } else { None };
             // attention block
             h.copy_from_slice(&x);
             rmsnorm_rows(&mut h, &l.attn_norm, c.eps);
-            self.mm(
-                &h,
-                m,
-                &mut qa,
-                &mut [
-                    MatmulJob { w: &l.wq, out: &mut q },
-                    MatmulJob { w: &l.wk, out: &mut k },
-                    MatmulJob { w: &l.wv, out: &mut v },
-                ],
-            );
+            // mq: the rows that go on past keys and values (x shrinks to them).
+            let mq = match sub {
+                None => {
+                    self.mm(
+                        &h,
+                        m,
+                        &mut qa,
+                        &mut [
+                            MatmulJob { w: &l.wq, out: &mut q },
+                            MatmulJob { w: &l.wk, out: &mut k },
+                            MatmulJob { w: &l.wv, out: &mut v },
+                        ],
+                    );
+                    m
+                }
+                Some(r) => {
+                    self.mm(
+                        &h,
+                        m,
+                        &mut qa,
+                        &mut [MatmulJob { w: &l.wk, out: &mut k }, MatmulJob { w: &l.wv, out: &mut v }],
+                    );
+                    if !r.is_empty() {
+                        let hq = pick_rows(&h, r, d);
+                        self.mm(&hq, r.len(), &mut qa, &mut [MatmulJob { w: &l.wq, out: &mut q[..r.len() * q_dim] }]);
+                    }
+                    x = pick_rows(&x, r, d);
+                    r.len()
+                }
+            };
             let (cos, sin) = if c.is_local(li) { (&cos_l, &sin_l) } else { (&cos_g, &sin_g) };
             let half = hd / 2;
-            for i in 0..m {
-                let (cs, sn) = (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+            let trig = |i: usize| (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
+            for i in 0..mq {
+                let (cs, sn) = trig(sub.map_or(i, |r| r[i]));
                 for head in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
                     rmsnorm(head, &l.q_norm, c.eps);
                     rope_neox(head, cs, sn);
                     head.iter_mut().for_each(|v| *v *= c.attn_scale);
                 }
+            }
+            for i in 0..m {
+                let (cs, sn) = trig(i);
                 for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
                     rmsnorm(head, &l.k_norm, c.eps);
                     rope_neox(head, cs, sn);
                 }
                 store_kv(items, &rows, li, i, &k[i * kv_dim..(i + 1) * kv_dim], &v[i * kv_dim..(i + 1) * kv_dim]);
+            }
+            if mq == 0 {
+                continue; // the last layer of a pass with no logit rows
             }
             let shape = AttnShape {
                 head_dim: hd,
@@ -273,24 +306,23 @@ impl Gemma3 {
                 n_head_kv: c.n_head_kv,
                 window: c.is_local(li).then_some(c.window),
             };
-            attention(&self.pool, self.isa, shape, &layer_caches(items, li), &rows, &q, &mut att);
-            self.mm(&att, m, &mut qa, &mut [MatmulJob { w: &l.wo, out: &mut o }]);
-            rmsnorm_rows(&mut o, &l.post_attn_norm, c.eps);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let qrows = sub.map(|r| rows.subset(r));
+            let (qd, ad) = (&q[..mq * q_dim], &mut att[..mq * q_dim]);
+            attention(&self.pool, self.isa, shape, &layer_caches(items, li), qrows.as_ref().unwrap_or(&rows), qd, ad);
+            let o = &mut o[..mq * d];
+            self.mm(&att[..mq * q_dim], mq, &mut qa, &mut [MatmulJob { w: &l.wo, out: o }]);
+            rmsnorm_rows(o, &l.post_attn_norm, c.eps);
+            x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
 
             // feed-forward block
+            let (h, gate, up) = (&mut h[..mq * d], &mut gate[..mq * c.n_ff], &mut up[..mq * c.n_ff]);
             h.copy_from_slice(&x);
-            rmsnorm_rows(&mut h, &l.ffn_norm, c.eps);
-            self.mm(
-                &h,
-                m,
-                &mut qa,
-                &mut [MatmulJob { w: &l.gate, out: &mut gate }, MatmulJob { w: &l.up, out: &mut up }],
-            );
-            gelu_mul(&mut gate, &up);
-            self.mm(&gate, m, &mut qa, &mut [MatmulJob { w: &l.down, out: &mut o }]);
-            rmsnorm_rows(&mut o, &l.post_ffn_norm, c.eps);
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            rmsnorm_rows(h, &l.ffn_norm, c.eps);
+            self.mm(h, mq, &mut qa, &mut [MatmulJob { w: &l.gate, out: gate }, MatmulJob { w: &l.up, out: up }]);
+            gelu_mul(gate, up);
+            self.mm(gate, mq, &mut qa, &mut [MatmulJob { w: &l.down, out: o }]);
+            rmsnorm_rows(o, &l.post_ffn_norm, c.eps);
+            x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         }
 
         if let Some(hs) = hidden {
@@ -298,7 +330,11 @@ impl Gemma3 {
             hs.extend_from_slice(&x);
             rmsnorm_rows(hs, &self.out_norm, c.eps);
         }
-        let (mut xs, per_seq) = finish_rows(items, &x, d);
+        // x holds the logit rows alone when the last layer ran for them alone.
+        let (mut xs, per_seq) = match keep {
+            None => finish_rows(items, &x, d),
+            Some(_) => (x, mark_appended(items)),
+        };
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let n_out: usize = per_seq.iter().sum();
         let logits = self.logits(&xs, n_out, &mut qa);
