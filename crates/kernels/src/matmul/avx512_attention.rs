@@ -218,7 +218,7 @@ unsafe fn attend_rows_rr<const G: usize, const RR: usize, const CW: usize>(
 /// Scores of keys `j0..j1` for RR rows of G heads: row r's queries at `q[r]`
 /// (G x hd), key j's score for its head h at `s[r][h * hs + j - j0]`. Per
 /// score: a 16-lane fma chain over the head's chunks in order, then
-/// `reduce16`. KK keys at a time: each query chunk load serves KK keys, each
+/// `reduce16` (all 16 at once by `reduce16x16` when KK x RR x G is 16). KK keys at a time: each query chunk load serves KK keys, each
 /// key chunk load RR x G query chunks.
 #[target_feature(enable = "avx512f,avx512dq,fma")]
 #[inline]
@@ -252,15 +252,58 @@ unsafe fn score_keys<const G: usize, const RR: usize, const KK: usize>(
                 }
             }
         }
-        for r in 0..RR {
-            for h in 0..G {
-                for t in 0..KK.min(n - j) {
-                    *s[r].add(h * hs + j + t) = reduce16(a[t][r][h]);
+        if KK * RR * G == 16 {
+            // All 16 sums in one transposed tree (46 vector ops instead of
+            // 16 x 7), each equal to `reduce16` of its accumulator.
+            let v: [__m512; 16] = std::array::from_fn(|i| a[i / (RR * G)][i / G % RR][i % G]);
+            let mut sums = [0f32; 16];
+            _mm512_storeu_ps(sums.as_mut_ptr(), reduce16x16(v));
+            for r in 0..RR {
+                for h in 0..G {
+                    for t in 0..KK.min(n - j) {
+                        let i = t * RR * G + r * G + h;
+                        // Input i lands in lane (i % 4) * 4 + i / 4.
+                        *s[r].add(h * hs + j + t) = sums[(i % 4) * 4 + i / 4];
+                    }
+                }
+            }
+        } else {
+            for r in 0..RR {
+                for h in 0..G {
+                    for t in 0..KK.min(n - j) {
+                        *s[r].add(h * hs + j + t) = reduce16(a[t][r][h]);
+                    }
                 }
             }
         }
         j += KK;
     }
+}
+
+/// The lane sums of 16 vectors at once: lane `(i % 4) * 4 + i / 4` of the
+/// result is the sum of `v[i]`'s lanes. Each level adds the same pairs that
+/// `reduce16` adds (lanes l and l+8, then l and l+4, l and l+2, l and l+1),
+/// only for four or more vectors per instruction, so every sum equals
+/// `reduce16(v[i])` bit for bit.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn reduce16x16(v: [__m512; 16]) -> __m512 {
+    // Two vectors' halves side by side: [a.lo | b.lo] + [a.hi | b.hi].
+    let l1: [__m512; 8] = std::array::from_fn(|i| {
+        let (a, b) = (v[2 * i], v[2 * i + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xEE>(a, b))
+    });
+    // 128-bit quarters: lanes l and l+4 of four vectors.
+    let l2: [__m512; 4] = std::array::from_fn(|i| {
+        let (a, b) = (l1[2 * i], l1[2 * i + 1]);
+        _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b))
+    });
+    // Within each quarter: lanes 0+2 and 1+3, then 0+1.
+    let l3: [__m512; 2] = std::array::from_fn(|i| {
+        let (a, b) = (l2[2 * i], l2[2 * i + 1]);
+        _mm512_add_ps(_mm512_shuffle_ps::<0x44>(a, b), _mm512_shuffle_ps::<0xEE>(a, b))
+    });
+    _mm512_add_ps(_mm512_shuffle_ps::<0x88>(l3[0], l3[1]), _mm512_shuffle_ps::<0xDD>(l3[0], l3[1]))
 }
 
 /// out[r][h][0..16*CW] (+)= sum over keys j < n of p[r][h * hs + j] *
