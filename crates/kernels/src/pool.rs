@@ -97,6 +97,45 @@ impl Pool {
     }
 }
 
+/// Rows from which `Pool::row_blocks` splits its work over the threads.
+pub const PAR_ROWS: usize = 32;
+
+#[derive(Clone, Copy)]
+struct RowsPtr(*mut f32);
+// SAFETY: each thread gets a disjoint block of rows.
+unsafe impl Send for RowsPtr {}
+unsafe impl Sync for RowsPtr {}
+impl RowsPtr {
+    /// Through a method, so closures capture the Sync wrapper, not the pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl Pool {
+    /// Calls `f(first_row, block)` on one contiguous block of `data`'s rows
+    /// (`width` floats each) per thread, or on all of them on the caller
+    /// below `PAR_ROWS` rows (waking the threads would cost more than the
+    /// work). For per-row work, whose results cannot depend on the split.
+    pub fn row_blocks(&self, data: &mut [f32], width: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+        let m = data.len() / width.max(1);
+        let nt = self.threads;
+        if m < PAR_ROWS || nt == 1 {
+            f(0, data);
+            return;
+        }
+        let p = RowsPtr(data.as_mut_ptr());
+        self.run(&|t| {
+            let (r0, r1) = (m * t / nt, m * (t + 1) / nt);
+            if r0 < r1 {
+                // SAFETY: rows r0..r1 lie inside `data` and no other thread's block overlaps them.
+                let block = unsafe { std::slice::from_raw_parts_mut(p.get().add(r0 * width), (r1 - r0) * width) };
+                f(r0, block);
+            }
+        });
+    }
+}
+
 fn worker(s: Arc<Shared>, tid: usize) {
     let mut seen = 0usize;
     loop {
@@ -168,6 +207,22 @@ mod tests {
             counts[t].fetch_add(1, Ordering::SeqCst);
         });
         assert!(counts.iter().all(|c| c.load(Ordering::SeqCst) == 1001));
+    }
+
+    #[test]
+    fn row_blocks_visit_every_row_once_with_its_index() {
+        let pool = Pool::new(3);
+        for m in [1usize, 5, PAR_ROWS - 1, PAR_ROWS, 100] {
+            let width = 3;
+            let mut data = vec![0f32; m * width];
+            pool.row_blocks(&mut data, width, &|r0, b| {
+                for (i, row) in (r0..).zip(b.chunks_exact_mut(width)) {
+                    row.iter_mut().for_each(|v| *v += i as f32 + 1.0);
+                }
+            });
+            let want: Vec<f32> = (0..m).flat_map(|i| [i as f32 + 1.0; 3]).collect();
+            assert_eq!(data, want, "{m} rows");
+        }
     }
 
     #[test]

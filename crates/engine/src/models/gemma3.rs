@@ -246,8 +246,11 @@ impl Gemma3 {
         for (li, l) in self.layers.iter().enumerate() {
             let sub = if li + 1 == n_layers { keep.as_deref() } else { None };
             // attention block
-            h.copy_from_slice(&x);
-            rmsnorm_rows(&mut h, &l.attn_norm, c.eps);
+            let pool = &*self.pool;
+            pool.row_blocks(&mut h, d, &|r0, b| {
+                b.copy_from_slice(&x[r0 * d..r0 * d + b.len()]);
+                rmsnorm_rows(b, &l.attn_norm, c.eps);
+            });
             // mq: the rows that go on past keys and values (x shrinks to them).
             let mq = match sub {
                 None => {
@@ -281,20 +284,26 @@ impl Gemma3 {
             let (cos, sin) = if c.is_local(li) { (&cos_l, &sin_l) } else { (&cos_g, &sin_g) };
             let half = hd / 2;
             let trig = |i: usize| (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
-            for i in 0..mq {
-                let (cs, sn) = trig(sub.map_or(i, |r| r[i]));
-                for head in q[i * q_dim..(i + 1) * q_dim].chunks_exact_mut(hd) {
-                    rmsnorm(head, &l.q_norm, c.eps);
-                    rope_neox(head, cs, sn);
-                    head.iter_mut().for_each(|v| *v *= c.attn_scale);
+            pool.row_blocks(&mut q[..mq * q_dim], q_dim, &|r0, b| {
+                for (i, row) in (r0..).zip(b.chunks_exact_mut(q_dim)) {
+                    let (cs, sn) = trig(sub.map_or(i, |r| r[i]));
+                    for head in row.chunks_exact_mut(hd) {
+                        rmsnorm(head, &l.q_norm, c.eps);
+                        rope_neox(head, cs, sn);
+                        head.iter_mut().for_each(|v| *v *= c.attn_scale);
+                    }
                 }
-            }
+            });
+            pool.row_blocks(&mut k, kv_dim, &|r0, b| {
+                for (i, row) in (r0..).zip(b.chunks_exact_mut(kv_dim)) {
+                    let (cs, sn) = trig(i);
+                    for head in row.chunks_exact_mut(hd) {
+                        rmsnorm(head, &l.k_norm, c.eps);
+                        rope_neox(head, cs, sn);
+                    }
+                }
+            });
             for i in 0..m {
-                let (cs, sn) = trig(i);
-                for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
-                    rmsnorm(head, &l.k_norm, c.eps);
-                    rope_neox(head, cs, sn);
-                }
                 store_kv(items, &rows, li, i, &k[i * kv_dim..(i + 1) * kv_dim], &v[i * kv_dim..(i + 1) * kv_dim]);
             }
             if mq == 0 {
@@ -311,18 +320,18 @@ impl Gemma3 {
             attention(&self.pool, self.isa, shape, &layer_caches(items, li), qrows.as_ref().unwrap_or(&rows), qd, ad);
             let o = &mut o[..mq * d];
             self.mm(&att[..mq * q_dim], mq, &mut qa, &mut [MatmulJob { w: &l.wo, out: o }]);
-            rmsnorm_rows(o, &l.post_attn_norm, c.eps);
-            x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+            add_normed(pool, &mut x, o, &l.post_attn_norm, c.eps);
 
             // feed-forward block
             let (h, gate, up) = (&mut h[..mq * d], &mut gate[..mq * c.n_ff], &mut up[..mq * c.n_ff]);
-            h.copy_from_slice(&x);
-            rmsnorm_rows(h, &l.ffn_norm, c.eps);
+            pool.row_blocks(h, d, &|r0, b| {
+                b.copy_from_slice(&x[r0 * d..r0 * d + b.len()]);
+                rmsnorm_rows(b, &l.ffn_norm, c.eps);
+            });
             self.mm(h, mq, &mut qa, &mut [MatmulJob { w: &l.gate, out: gate }, MatmulJob { w: &l.up, out: up }]);
-            gelu_mul(gate, up);
+            pool.row_blocks(gate, c.n_ff, &|r0, b| gelu_mul(b, &up[r0 * c.n_ff..r0 * c.n_ff + b.len()]));
             self.mm(gate, mq, &mut qa, &mut [MatmulJob { w: &l.down, out: o }]);
-            rmsnorm_rows(o, &l.post_ffn_norm, c.eps);
-            x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
+            add_normed(pool, &mut x, o, &l.post_ffn_norm, c.eps);
         }
 
         if let Some(hs) = hidden {
@@ -427,6 +436,15 @@ impl Model for Gemma3 {
             c.n_layers, c.n_embd, c.n_ff, c.n_head, c.n_head_kv, c.head_dim, c.n_vocab, c.window
         )
     }
+}
+
+/// x += rmsnorm(o) row by row (Gemma 3's post-norms before the residual),
+/// over the pool's threads for long passes.
+fn add_normed(pool: &Pool, x: &mut [f32], o: &mut [f32], w: &[f32], eps: f32) {
+    let d = w.len();
+    pool.row_blocks(o, d, &|_, b| rmsnorm_rows(b, w, eps));
+    let o = &*o;
+    pool.row_blocks(x, d, &|r0, b| b.iter_mut().zip(&o[r0 * d..]).for_each(|(a, v)| *a += v));
 }
 
 /// A self-distilled MTP head for a Gemma 3 target (see `models::head`): one
