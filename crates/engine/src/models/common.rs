@@ -5,7 +5,7 @@
 
 use specdec_gguf::{GgufFile, TensorInfo};
 use specdec_kernels::quant::dequantize_row;
-use specdec_kernels::{attend_rows, Isa, Pool};
+use specdec_kernels::{attend_rows, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
 use crate::{BatchItem, EngineError, KvCache, LogitRows, Model};
 
@@ -90,6 +90,14 @@ impl Rows {
     }
     pub fn len(&self) -> usize {
         self.ids.len()
+    }
+    /// The rows `keep` of these rows.
+    pub fn subset(&self, keep: &[usize]) -> Rows {
+        Rows {
+            seq: keep.iter().map(|&r| self.seq[r]).collect(),
+            pos: keep.iter().map(|&r| self.pos[r]).collect(),
+            ids: keep.iter().map(|&r| self.ids[r]).collect(),
+        }
     }
 }
 
@@ -263,13 +271,34 @@ pub fn pick_rows(x: &[f32], keep: &[usize], w: usize) -> Vec<f32> {
     out
 }
 
-impl Rows {
-    /// The rows `keep` of these rows.
-    pub fn subset(&self, keep: &[usize]) -> Rows {
-        Rows {
-            seq: keep.iter().map(|&r| self.seq[r]).collect(),
-            pos: keep.iter().map(|&r| self.pos[r]).collect(),
-            ids: keep.iter().map(|&r| self.ids[r]).collect(),
+/// The query, key and value projections of a layer's normed input `h` (m
+/// rows of `w.0.k`): keys and values for every row, queries for the rows
+/// `sub` only when given (the last layer's logit rows, see `logit_rows`),
+/// packed at the front of `q`. Returns how many query rows were made.
+#[allow(clippy::too_many_arguments)]
+pub fn project_qkv(
+    pool: &Pool,
+    isa: Isa,
+    h: &[f32],
+    m: usize,
+    qa: &mut ActScratch,
+    (wq, wk, wv): (&PackedMatrix, &PackedMatrix, &PackedMatrix),
+    (q, k, v): (&mut [f32], &mut [f32], &mut [f32]),
+    sub: Option<&[usize]>,
+) -> usize {
+    match sub {
+        None => {
+            let jobs = &mut [MatmulJob { w: wq, out: q }, MatmulJob { w: wk, out: k }, MatmulJob { w: wv, out: v }];
+            matmul(pool, isa, h, m, qa, jobs);
+            m
+        }
+        Some(r) => {
+            matmul(pool, isa, h, m, qa, &mut [MatmulJob { w: wk, out: k }, MatmulJob { w: wv, out: v }]);
+            if !r.is_empty() {
+                let hq = pick_rows(h, r, wq.k);
+                matmul(pool, isa, &hq, r.len(), qa, &mut [MatmulJob { w: wq, out: &mut q[..r.len() * wq.n] }]);
+            }
+            r.len()
         }
     }
 }

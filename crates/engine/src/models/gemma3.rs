@@ -14,7 +14,7 @@ use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, Pac
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, mtp_input,
-    pick_rows, reserve, split_hidden, split_logits, store_kv, AttnShape, Rows,
+    pick_rows, project_qkv, reserve, split_hidden, split_logits, store_kv, AttnShape, Rows,
 };
 
 use crate::weights::WeightSource;
@@ -243,44 +243,20 @@ impl Gemma3 {
         // last row): every other row needs just its keys and values there.
         let keep = if hidden.is_none() { logit_rows(items) } else { None };
         let n_layers = self.layers.len();
+        let pool = &*self.pool;
         for (li, l) in self.layers.iter().enumerate() {
             let sub = if li + 1 == n_layers { keep.as_deref() } else { None };
             // attention block
-            let pool = &*self.pool;
             pool.row_blocks(&mut h, d, &|r0, b| {
                 b.copy_from_slice(&x[r0 * d..r0 * d + b.len()]);
                 rmsnorm_rows(b, &l.attn_norm, c.eps);
             });
             // mq: the rows that go on past keys and values (x shrinks to them).
-            let mq = match sub {
-                None => {
-                    self.mm(
-                        &h,
-                        m,
-                        &mut qa,
-                        &mut [
-                            MatmulJob { w: &l.wq, out: &mut q },
-                            MatmulJob { w: &l.wk, out: &mut k },
-                            MatmulJob { w: &l.wv, out: &mut v },
-                        ],
-                    );
-                    m
-                }
-                Some(r) => {
-                    self.mm(
-                        &h,
-                        m,
-                        &mut qa,
-                        &mut [MatmulJob { w: &l.wk, out: &mut k }, MatmulJob { w: &l.wv, out: &mut v }],
-                    );
-                    if !r.is_empty() {
-                        let hq = pick_rows(&h, r, d);
-                        self.mm(&hq, r.len(), &mut qa, &mut [MatmulJob { w: &l.wq, out: &mut q[..r.len() * q_dim] }]);
-                    }
-                    x = pick_rows(&x, r, d);
-                    r.len()
-                }
-            };
+            let wqkv = (&l.wq, &l.wk, &l.wv);
+            let mq = project_qkv(pool, self.isa, &h, m, &mut qa, wqkv, (&mut q, &mut k, &mut v), sub);
+            if let Some(r) = sub {
+                x = pick_rows(&x, r, d);
+            }
             let (cos, sin) = if c.is_local(li) { (&cos_l, &sin_l) } else { (&cos_g, &sin_g) };
             let half = hd / 2;
             let trig = |i: usize| (&cos[i * half..(i + 1) * half], &sin[i * half..(i + 1) * half]);
@@ -317,7 +293,7 @@ impl Gemma3 {
             };
             let qrows = sub.map(|r| rows.subset(r));
             let (qd, ad) = (&q[..mq * q_dim], &mut att[..mq * q_dim]);
-            attention(&self.pool, self.isa, shape, &layer_caches(items, li), qrows.as_ref().unwrap_or(&rows), qd, ad);
+            attention(pool, self.isa, shape, &layer_caches(items, li), qrows.as_ref().unwrap_or(&rows), qd, ad);
             let o = &mut o[..mq * d];
             self.mm(&att[..mq * q_dim], mq, &mut qa, &mut [MatmulJob { w: &l.wo, out: o }]);
             add_normed(pool, &mut x, o, &l.post_attn_norm, c.eps);

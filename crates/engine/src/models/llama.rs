@@ -17,7 +17,7 @@ use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, Pac
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, pick_rows,
-    reserve, split_logits, store_kv, AttnShape, Rows,
+    project_qkv, reserve, split_logits, store_kv, AttnShape, Rows,
 };
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -263,35 +263,11 @@ impl Model for Llama {
             h.copy_from_slice(&x);
             rmsnorm_rows(&mut h, &l.attn_norm, c.eps);
             // mq: the rows that go on past keys and values (x shrinks to them).
-            let mq = match sub {
-                None => {
-                    self.mm(
-                        &h,
-                        m,
-                        &mut qa,
-                        &mut [
-                            MatmulJob { w: &l.wq, out: &mut q },
-                            MatmulJob { w: &l.wk, out: &mut k },
-                            MatmulJob { w: &l.wv, out: &mut v },
-                        ],
-                    );
-                    m
-                }
-                Some(r) => {
-                    self.mm(
-                        &h,
-                        m,
-                        &mut qa,
-                        &mut [MatmulJob { w: &l.wk, out: &mut k }, MatmulJob { w: &l.wv, out: &mut v }],
-                    );
-                    if !r.is_empty() {
-                        let hq = pick_rows(&h, r, d);
-                        self.mm(&hq, r.len(), &mut qa, &mut [MatmulJob { w: &l.wq, out: &mut q[..r.len() * q_dim] }]);
-                    }
-                    x = pick_rows(&x, r, d);
-                    r.len()
-                }
-            };
+            let wqkv = (&l.wq, &l.wk, &l.wv);
+            let mq = project_qkv(&self.pool, self.isa, &h, m, &mut qa, wqkv, (&mut q, &mut k, &mut v), sub);
+            if let Some(r) = sub {
+                x = pick_rows(&x, r, d);
+            }
             add_bias(&mut q[..mq * q_dim], &l.bq);
             add_bias(&mut k, &l.bk);
             add_bias(&mut v, &l.bv);
