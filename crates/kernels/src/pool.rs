@@ -100,14 +100,16 @@ impl Pool {
 /// Rows from which `Pool::row_blocks` splits its work over the threads.
 pub const PAR_ROWS: usize = 32;
 
+/// An output pointer shared by the threads of one `Pool::run`, each of which
+/// writes its own disjoint part of what it points to.
 #[derive(Clone, Copy)]
-struct RowsPtr(*mut f32);
-// SAFETY: each thread gets a disjoint block of rows.
-unsafe impl Send for RowsPtr {}
-unsafe impl Sync for RowsPtr {}
-impl RowsPtr {
+pub struct SendPtr(pub *mut f32);
+// SAFETY: users write disjoint parts only, and the pointee outlives the `run`.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
     /// Through a method, so closures capture the Sync wrapper, not the pointer.
-    fn get(self) -> *mut f32 {
+    pub fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -124,7 +126,7 @@ impl Pool {
             f(0, data);
             return;
         }
-        let p = RowsPtr(data.as_mut_ptr());
+        let p = SendPtr(data.as_mut_ptr());
         self.run(&|t| {
             let (r0, r1) = (m * t / nt, m * (t + 1) / nt);
             if r0 < r1 {

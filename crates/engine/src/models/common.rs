@@ -4,6 +4,7 @@
 //! depend on how many rows or sequences share the pass.
 
 use specdec_gguf::{GgufFile, TensorInfo};
+use specdec_kernels::pool::SendPtr;
 use specdec_kernels::quant::dequantize_row;
 use specdec_kernels::{attend_rows, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
@@ -121,17 +122,6 @@ pub struct AttnShape {
     pub n_head_kv: usize,
     /// Sliding window (keys at distance >= window are masked), or None.
     pub window: Option<usize>,
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only for disjoint writes from pool tasks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Causal attention of every query row over its own sequence's cache.

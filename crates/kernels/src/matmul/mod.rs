@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use crate::act::{ActScratch, ActStyle, QuantActs};
 use crate::pack::{PackedKind, PackedMatrix};
-use crate::pool::Pool;
+use crate::pool::{Pool, SendPtr};
 
 /// Instruction set the kernels run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,12 +61,6 @@ pub struct MatmulJob<'a> {
     pub w: &'a PackedMatrix,
     pub out: &'a mut [f32],
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: threads write disjoint column ranges of the output.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// Row count from which activations are quantized in parallel.
 const PAR_QUANTIZE_ROWS: usize = 4;
@@ -147,7 +141,7 @@ fn run_jobs(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &ActScratch, ou
                     ActStyle::Q8_0 => &scratch.q8_0,
                     ActStyle::Q8_K => &scratch.q8_k,
                 };
-                run_range(isa, w, x, m, qa, g0, g1, out.0, w.n);
+                run_range(isa, w, x, m, qa, g0, g1, out.get(), w.n);
             }
         }
     });
