@@ -293,6 +293,163 @@ fn attention_over_many_rows_equals_one_call_per_row() {
     }
 }
 
+/// Keys as bf16 rows and values as bf16 pairs of rows interleaved (the
+/// layout of `KvCache`'s bf16 copy), from f32 rows of `stride`.
+fn bf16_cache(k: &[f32], v: &[f32], stride: usize) -> (Vec<u16>, Vec<u16>) {
+    use specdec_kernels::matmul::scalar::bf16_bits;
+    let rows = k.len() / stride;
+    let k16: Vec<u16> = k.iter().map(|&x| bf16_bits(x)).collect();
+    let mut v16 = vec![0u16; rows.next_multiple_of(2) * stride];
+    for j in 0..rows {
+        for x in 0..stride {
+            v16[(j / 2) * 2 * stride + 2 * x + j % 2] = bf16_bits(v[j * stride + x]);
+        }
+    }
+    (k16, v16)
+}
+
+/// bf16 attention (`AttnMath::Bf16`): the scalar kernel stays within bf16
+/// rounding of an f64 reference, and `attend_rows_bf16` (the AVX-512 BF16
+/// kernels where this CPU has them) equals one scalar `attend_bf16` call per
+/// row and head bit for bit: causal and sliding ranges, odd and even starts
+/// and ends, ranges across key blocks, padded strides, 1-7 heads; and a row
+/// gives the same bits whatever the slot of the key after it holds.
+#[test]
+fn bf16_attention_rows_equal_the_scalar_kernel() {
+    use specdec_kernels::matmul::scalar::{attend_bf16, bf16_round};
+    let mut rng = Rng(23);
+    let (hd, kv_heads, n_keys) = (64usize, 2usize, 401usize);
+    let stride = kv_heads * hd;
+    let k = random_acts(n_keys, stride, &mut rng);
+    let v = random_acts(n_keys, stride, &mut rng);
+    let (k16, mut v16) = bf16_cache(&k, &v, stride);
+    let kvh = hd;
+    let cases: &[(usize, usize, usize, Option<usize>)] = &[
+        (4, 8, 300, None),
+        (4, 5, 396, Some(151)),
+        (2, 16, 0, Some(7)),
+        (1, 3, 129, None),
+        (3, 7, 250, Some(200)),
+        (4, 2, 399, None),
+        (6, 4, 70, None),
+        (7, 3, 141, Some(100)),
+        (4, 1, 400, Some(512)),
+    ];
+    let mut scores = Vec::new();
+    for &(g, rows, first, window) in cases {
+        let (qs, os) = (g * hd + 5, g * hd + 3);
+        // Queries scaled so the softmax is not one-hot.
+        let q: Vec<f32> = random_acts(rows, qs, &mut rng).iter().map(|x| x * 0.15).collect();
+        let ranges: Vec<(usize, usize)> =
+            (first..first + rows).map(|pos| (window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos)).collect();
+        let (kh, vh) = (&k16[kvh..], &v16[2 * kvh..]);
+        let mut want = vec![f32::NAN; rows * os];
+        for (i, &(s, e)) in ranges.iter().enumerate() {
+            for h in 0..g {
+                let (qi, wi) = (&q[i * qs + h * hd..][..hd], &mut want[i * os + h * hd..][..hd]);
+                attend_bf16(qi, kh, vh, stride, s, e, &mut scores, wi);
+                // f64 reference with the same roundings of q, k and v.
+                let bf = bf16_round;
+                let sc: Vec<f64> = (s..=e)
+                    .map(|j| (0..hd).map(|d| bf(qi[d]) as f64 * bf(k[j * stride + kvh + d]) as f64).sum())
+                    .collect();
+                let mx = sc.iter().cloned().fold(f64::MIN, f64::max);
+                let ex: Vec<f64> = sc.iter().map(|x| (x - mx).exp()).collect();
+                let z: f64 = ex.iter().sum();
+                for d in 0..hd {
+                    let r: f64 = (s..=e).map(|j| ex[j - s] / z * bf(v[j * stride + kvh + d]) as f64).sum();
+                    // Probabilities rounded to bf16 (2^-9 relative), values up to 3.
+                    assert!((wi[d] as f64 - r).abs() < 1e-2, "g {g} row {i} head {h} dim {d}: {} vs {r}", wi[d]);
+                }
+            }
+        }
+        for isa in isas() {
+            let mut got = vec![f32::NAN; rows * os];
+            specdec_kernels::attend_rows_bf16(isa, g, hd, &q, qs, kh, vh, stride, &ranges, &mut scores, &mut got, os);
+            for i in 0..rows {
+                let bits = |x: &[f32]| x[i * os..][..g * hd].iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{isa:?} g {g} row {i} keys {:?}", ranges[i]);
+            }
+        }
+    }
+    // The last row (an even position) gives the same bits whatever its
+    // pair's odd slot holds (stale values after a rollback, or zeros).
+    let (s, e) = (200, 400);
+    let q: Vec<f32> = random_acts(1, 4 * hd, &mut rng).iter().map(|x| x * 0.15).collect();
+    let run = |v16: &[u16], isa| {
+        let (mut out, mut scores) = (vec![0f32; 4 * hd], Vec::new());
+        let (kh, vh) = (&k16[kvh..], &v16[2 * kvh..]);
+        specdec_kernels::attend_rows_bf16(isa, 4, hd, &q, 0, kh, vh, stride, &[(s, e)], &mut scores, &mut out, 0);
+        out
+    };
+    for isa in isas() {
+        let before = run(&v16, isa);
+        for x in 0..stride {
+            v16[200 * 2 * stride + 2 * x + 1] = specdec_kernels::matmul::scalar::bf16_bits(rng.f() * 5.0 - 2.5);
+        }
+        assert_eq!(run(&v16, isa), before, "{isa:?}: a row depends on the slot after its last key");
+    }
+}
+
+/// The scalar bf16 conversion is round-to-nearest-even with denormals to
+/// zero: spot values, and (where the CPU has AVX-512 BF16) the hardware's
+/// `vdpbf16ps` lane equals `dp_bf16_lane` on random values over the whole
+/// exponent range, cancellations included.
+#[test]
+fn bf16_rounding_and_dot_lane_match_the_hardware() {
+    use specdec_kernels::matmul::scalar::{bf16_bits, bf16_round};
+    assert_eq!(bf16_bits(1.0), 0x3f80);
+    assert_eq!(bf16_bits(f32::from_bits(0x3f80_8000)), 0x3f80); // tie, even stays
+    assert_eq!(bf16_bits(f32::from_bits(0x3f81_8000)), 0x3f82); // tie, odd rounds up
+    assert_eq!(bf16_bits(f32::from_bits(0x3f80_8001)), 0x3f81);
+    assert_eq!(bf16_bits(-1e-40), 0x8000); // denormal to signed zero
+    assert_eq!(bf16_bits(f32::MAX), 0x7f80); // rounds up to infinity
+    assert_eq!(bf16_round(-2.5), -2.5);
+    #[cfg(target_arch = "x86_64")]
+    if specdec_kernels::bf16_available() {
+        let mut rng = Rng(5);
+        let mut bad = 0;
+        for it in 0..20_000 {
+            let e = [2, 10, 40, 70, 126][it % 5];
+            let mut r = || (rng.f() * 2.0 - 1.0) * 2f32.powi((rng.next() % (2 * e as u64 + 1)) as i32 - e);
+            let a: [f32; 32] = std::array::from_fn(|_| r());
+            let mut b: [f32; 32] = std::array::from_fn(|_| r());
+            let mut acc: [f32; 16] = std::array::from_fn(|_| r());
+            if it % 7 == 0 {
+                for i in 0..16 {
+                    b[2 * i] = a[2 * i + 1];
+                    acc[i] = -(bf16_round(a[2 * i + 1]) * bf16_round(b[2 * i + 1]))
+                        - bf16_round(a[2 * i]) * bf16_round(b[2 * i]);
+                }
+            }
+            let hw = unsafe { hw_dp(&acc, &a, &b) };
+            for i in 0..16 {
+                let (ae, be, ao, bo) = (a[2 * i], b[2 * i], a[2 * i + 1], b[2 * i + 1]);
+                let sw = specdec_kernels::matmul::scalar::dp_bf16_lane(
+                    acc[i],
+                    bf16_round(ae),
+                    bf16_round(be),
+                    bf16_round(ao),
+                    bf16_round(bo),
+                );
+                bad += (sw.to_bits() != hw[i].to_bits()) as usize;
+            }
+        }
+        assert_eq!(bad, 0, "lanes where vdpbf16ps and dp_bf16_lane differ");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn hw_dp(acc: &[f32; 16], a: &[f32; 32], b: &[f32; 32]) -> [f32; 16] {
+    use std::arch::x86_64::*;
+    let ab = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(a.as_ptr().add(16)), _mm512_loadu_ps(a.as_ptr()));
+    let bb = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(b.as_ptr().add(16)), _mm512_loadu_ps(b.as_ptr()));
+    let mut o = [0f32; 16];
+    _mm512_storeu_ps(o.as_mut_ptr(), _mm512_dpbf16_ps(_mm512_loadu_ps(acc.as_ptr()), ab, bb));
+    o
+}
+
 /// The softmax exp is accurate (within 2 ulp-ish relative error against f64)
 /// and the SIMD softmax equals the scalar one bit for bit, tails included.
 #[test]

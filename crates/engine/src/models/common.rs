@@ -6,7 +6,7 @@
 use specdec_gguf::{GgufFile, TensorInfo};
 use specdec_kernels::pool::SendPtr;
 use specdec_kernels::quant::dequantize_row;
-use specdec_kernels::{attend_rows, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+use specdec_kernels::{attend_rows, attend_rows_bf16, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
 use crate::{BatchItem, EngineError, KvCache, LogitRows, Model};
 
@@ -128,15 +128,7 @@ pub struct AttnShape {
 /// `q` holds each row's (already scaled and rotated) query heads, `caches[s]`
 /// sequence s's keys and values of this layer; `out` receives each row's
 /// attention output, `n_head x head_dim` per row.
-pub fn attention(
-    pool: &Pool,
-    isa: Isa,
-    shape: AttnShape,
-    caches: &[(&[f32], &[f32])],
-    rows: &Rows,
-    q: &[f32],
-    out: &mut [f32],
-) {
+pub fn attention(pool: &Pool, isa: Isa, shape: AttnShape, caches: &[LayerKv], rows: &Rows, q: &[f32], out: &mut [f32]) {
     let (hd, nh) = (shape.head_dim, shape.n_head);
     let m = rows.len();
     let group = nh / shape.n_head_kv;
@@ -169,6 +161,10 @@ pub fn attention(
         }
     }
     let tasks = blocks.len() * per_row;
+    // The caches' attention arithmetic (bf16 products where the CPU has
+    // them: `AttnMath`), fixed when they were made, so the same for every
+    // pass and rows stay batch-invariant.
+    let bf16 = caches.iter().all(|c| c.bf16) && hd.is_multiple_of(32);
     pool.run(&|t| {
         let mut scores = Vec::new();
         let mut acc = vec![0f32; rb * gs * hd];
@@ -177,15 +173,21 @@ pub fn attention(
         // interleaving balances the threads.
         for task in (t..tasks).step_by(nt) {
             let ((i0, n), h0) = (blocks[task / per_row], (task % per_row) * gs);
-            let (kc, vc) = caches[rows.seq[i0]];
+            let c = &caches[rows.seq[i0]];
             ranges.clear();
             ranges.extend(
                 rows.pos[i0..i0 + n].iter().map(|&pos| (shape.window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos)),
             );
             let qh = &q[i0 * nh * hd + h0 * hd..];
             let kvh = (h0 / group) * hd;
-            let (kh, vh) = (&kc[kvh..], &vc[kvh..]);
-            attend_rows(isa, gs, hd, qh, nh * hd, kh, vh, kv_dim, &ranges, &mut scores, &mut acc, gs * hd);
+            if bf16 {
+                // Values interleave pairs of positions: head offsets double.
+                let (kh, vh) = (&c.k16[kvh..], &c.v16[2 * kvh..]);
+                attend_rows_bf16(isa, gs, hd, qh, nh * hd, kh, vh, kv_dim, &ranges, &mut scores, &mut acc, gs * hd);
+            } else {
+                let (kh, vh) = (&c.k[kvh..], &c.v[kvh..]);
+                attend_rows(isa, gs, hd, qh, nh * hd, kh, vh, kv_dim, &ranges, &mut scores, &mut acc, gs * hd);
+            }
             for i in 0..n {
                 // SAFETY: each (row, heads) slice is written by exactly one task.
                 unsafe {
@@ -323,22 +325,28 @@ pub fn split_logits(logits: Vec<f32>, per_seq: &[usize], n_vocab: usize) -> Vec<
 /// Writes row `i`'s key and value (`kv_dim` each) into its sequence's cache
 /// at its position.
 pub fn store_kv(items: &mut [BatchItem], rows: &Rows, layer: usize, i: usize, k: &[f32], v: &[f32]) {
-    let kv_dim = k.len();
-    let pos = rows.pos[i];
-    let cache = &mut *items[rows.seq[i]].cache;
-    cache.k[layer][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(k);
-    if cache.values {
-        cache.v[layer][pos * kv_dim..(pos + 1) * kv_dim].copy_from_slice(v);
-    }
+    items[rows.seq[i]].cache.store(layer, rows.pos[i], k, v);
+}
+
+/// One sequence's keys and values of one layer, in f32 and (where the cache
+/// keeps them, `KvCache::k16`) in bf16.
+pub struct LayerKv<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub k16: &'a [u16],
+    pub v16: &'a [u16],
+    pub bf16: bool,
 }
 
 /// Each sequence's keys and values of one layer.
-pub fn layer_caches<'a>(items: &'a [BatchItem], layer: usize) -> Vec<(&'a [f32], &'a [f32])> {
+pub fn layer_caches<'a>(items: &'a [BatchItem], layer: usize) -> Vec<LayerKv<'a>> {
     items
         .iter()
         .map(|it| {
             let k = it.cache.k[layer].as_slice();
-            (k, if it.cache.values { it.cache.v[layer].as_slice() } else { k })
+            let (k16, v16) = it.cache.layer_bf16(layer);
+            let v = if it.cache.values { it.cache.v[layer].as_slice() } else { k };
+            LayerKv { k, v, k16, v16, bf16: it.cache.has_bf16() }
         })
         .collect()
 }

@@ -287,7 +287,7 @@ unsafe fn score_keys<const G: usize, const RR: usize, const KK: usize>(
 /// `reduce16(v[i])` bit for bit.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn reduce16x16(v: [__m512; 16]) -> __m512 {
+pub(super) unsafe fn reduce16x16(v: [__m512; 16]) -> __m512 {
     // Two vectors' halves side by side: [a.lo | b.lo] + [a.hi | b.hi].
     let l1: [__m512; 8] = std::array::from_fn(|i| {
         let (a, b) = (v[2 * i], v[2 * i + 1]);

@@ -10,8 +10,11 @@ pub mod avx2;
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_attention;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_attention_bf16;
 pub mod scalar;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use crate::act::{ActScratch, ActStyle, QuantActs};
@@ -54,6 +57,55 @@ pub fn isa() -> Isa {
         }
         Isa::Scalar
     })
+}
+
+/// How attention multiplies. Sums, softmax and outputs are f32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnMath {
+    /// f32 fma throughout (`attend`).
+    F32,
+    /// Products of bf16-rounded queries, keys, probabilities and values, two
+    /// per f32 lane in `vdpbf16ps` order (`scalar::attend_bf16`): twice the
+    /// f32 fma rate where the CPU has AVX-512 BF16. Needs a head size that
+    /// is a multiple of 32 (other shapes use `F32`).
+    Bf16,
+}
+
+/// Whether this CPU runs the AVX-512 BF16 attention kernels.
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx512_attention_bf16::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// 0: not chosen yet, 1: F32, 2: Bf16.
+static ATTN_MATH: AtomicU8 = AtomicU8::new(0);
+
+/// The attention arithmetic of this process: `set_attn_math`'s choice, else
+/// `SPECDEC_ATTN=f32|bf16`, else `Bf16` where the ISA is AVX-512 and the
+/// CPU has BF16 (where it does not, `Bf16` would run the scalar kernel).
+pub fn attn_math() -> AttnMath {
+    match ATTN_MATH.load(Ordering::Relaxed) {
+        1 => AttnMath::F32,
+        2 => AttnMath::Bf16,
+        _ => {
+            let m = match std::env::var("SPECDEC_ATTN").ok().as_deref() {
+                Some("f32") => AttnMath::F32,
+                Some("bf16") => AttnMath::Bf16,
+                _ if isa() == Isa::Avx512Vnni && bf16_available() => AttnMath::Bf16,
+                _ => AttnMath::F32,
+            };
+            set_attn_math(m);
+            m
+        }
+    }
+}
+
+/// Fixes the attention arithmetic for the rest of the process (tests that
+/// compare with an f32 reference at tight tolerances; call before any pass).
+pub fn set_attn_math(m: AttnMath) {
+    ATTN_MATH.store(if m == AttnMath::F32 { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 /// One matrix of a multi-matrix pass and where its m x n result goes.
@@ -340,6 +392,64 @@ pub fn attend_rows(
     for (i, &(start, end)) in ranges.iter().enumerate() {
         let (qi, oi) = (&q[i * qs..][..g * hd], &mut out[i * os..][..g * hd]);
         attend_heads(isa, g, qi, k, v, stride, start, end, scores, oi);
+    }
+}
+
+/// `attend_rows` in `AttnMath::Bf16`, over bf16 keys `k` (rows of `stride`)
+/// and pair-interleaved values `v` (see `scalar::attend_bf16`): each row and
+/// head equals `scalar::attend_bf16` bit for bit, on every ISA (the AVX-512
+/// BF16 kernels where the CPU has them, else that scalar kernel). `hd` is a
+/// multiple of 32.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_rows_bf16(
+    isa: Isa,
+    g: usize,
+    hd: usize,
+    q: &[f32],
+    qs: usize,
+    k: &[u16],
+    v: &[u16],
+    stride: usize,
+    ranges: &[(usize, usize)],
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    os: usize,
+) {
+    let Some(rows) = ranges.len().checked_sub(1) else { return };
+    assert!(hd.is_multiple_of(32), "bf16 attention needs a head size that is a multiple of 32, not {hd}");
+    assert!(
+        q.len() >= rows * qs + g * hd && out.len() >= rows * os + g * hd,
+        "q and out must hold {} rows of {g} heads",
+        rows + 1
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && bf16_available() {
+        if g > 4 {
+            let sub = kernel_subgroup(g);
+            for h0 in (0..g).step_by(sub) {
+                let o = h0 * hd;
+                attend_rows_bf16(isa, sub, hd, &q[o..], qs, k, v, stride, ranges, scores, &mut out[o..], os);
+            }
+            return;
+        }
+        // SAFETY: chosen only when available; shapes checked here and in the kernel.
+        unsafe {
+            use avx512_attention_bf16::attend_rows_bf16 as kernel;
+            match g {
+                1 => kernel::<1>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                2 => kernel::<2>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                3 => kernel::<3>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+                _ => kernel::<4>(q, qs, hd, k, v, stride, ranges, scores, out, os),
+            }
+        }
+        return;
+    }
+    let _ = isa;
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        for h in 0..g {
+            let (qh, oh) = (&q[i * qs + h * hd..][..hd], &mut out[i * os + h * hd..][..hd]);
+            scalar::attend_bf16(qh, k, v, stride, start, end, scores, oh);
+        }
     }
 }
 

@@ -193,3 +193,98 @@ pub unsafe fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: u
         }
     }
 }
+
+/// bf16 bits of `x`, rounded to nearest even, denormals to signed zero (what
+/// `vcvtne2ps2bf16` computes; checked against it on random data).
+pub fn bf16_bits(x: f32) -> u16 {
+    let u = x.to_bits();
+    if x.is_nan() {
+        return ((u | 0x0040_0000) >> 16) as u16;
+    }
+    if u & 0x7f80_0000 == 0 {
+        return ((u & 0x8000_0000) >> 16) as u16;
+    }
+    (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// `x` rounded to bf16, as an f32.
+#[inline]
+pub fn bf16_round(x: f32) -> f32 {
+    f32::from_bits((bf16_bits(x) as u32) << 16)
+}
+
+/// Denormal results flushed to signed zero, as `vdpbf16ps` does.
+#[inline]
+fn ftz(x: f32) -> f32 {
+    if x != 0.0 && x.abs() < f32::MIN_POSITIVE {
+        f32::from_bits(x.to_bits() & 0x8000_0000)
+    } else {
+        x
+    }
+}
+
+/// One `vdpbf16ps` lane: `acc + a_odd * b_odd`, then `+ a_even * b_even`,
+/// each a single rounding (the products of two bf16 are exact), with
+/// denormals flushed. Inputs are already bf16 values.
+#[inline]
+pub fn dp_bf16_lane(acc: f32, a_even: f32, b_even: f32, a_odd: f32, b_odd: f32) -> f32 {
+    ftz(a_even.mul_add(b_even, ftz(a_odd.mul_add(b_odd, ftz(acc)))))
+}
+
+/// f32 value of bf16 bits.
+#[inline]
+pub fn bf16_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+/// Dot product in bf16 products (`AttnMath::Bf16`), `x.len()` a multiple of
+/// 32: lane l of 16 takes elements 2l and 2l+1 of each 32 (odd first, as
+/// `vdpbf16ps`), then `reduce16`. `x` is bf16-rounded already.
+pub fn dot_bf16(x: &[f32], y: &[u16]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for c in (0..x.len()).step_by(32) {
+        for l in 0..16 {
+            let (e, o) = (c + 2 * l, c + 2 * l + 1);
+            lanes[l] = dp_bf16_lane(lanes[l], x[e], bf16_f32(y[e]), x[o], bf16_f32(y[o]));
+        }
+    }
+    reduce16(&lanes)
+}
+
+/// Attention of one query head in bf16 products (`AttnMath::Bf16`) over bf16
+/// keys (rows of `stride`) and values in pairs of positions (2m, 2m+1)
+/// interleaved (`v[m * 2 * stride + 2 * d + j % 2]`, as `KvCache` keeps
+/// them). Scores by `dot_bf16` of the rounded query, the f32 softmax, then
+/// per pair, odd key first, each probability rounded to bf16:
+/// out[d] = dp(out[d], p[2m], v[2m][d], p[2m+1], v[2m+1][d]) from zero. A
+/// key of a pair outside `start..=end` weighs 0, so pairing by position
+/// rather than by range keeps a row's sums the same however rows are
+/// batched. `q.len()` is a multiple of 32.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_bf16(
+    q: &[f32],
+    k: &[u16],
+    v: &[u16],
+    stride: usize,
+    start: usize,
+    end: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    assert!(hd.is_multiple_of(32) && start <= end && end * stride + hd <= k.len());
+    assert!((end / 2) * 2 * stride + 2 * hd <= v.len());
+    let qb: Vec<f32> = q.iter().map(|&x| bf16_round(x)).collect();
+    scores.clear();
+    scores.extend((start..=end).map(|j| dot_bf16(&qb, &k[j * stride..j * stride + hd])));
+    softmax(scores);
+    let p = |j: usize| if (start..=end).contains(&j) { bf16_round(scores[j - start]) } else { 0.0 };
+    out.fill(0.0);
+    for m in start / 2..=end / 2 {
+        let (pe, po) = (p(2 * m), p(2 * m + 1));
+        let pair = &v[m * 2 * stride..];
+        for d in 0..hd {
+            out[d] = dp_bf16_lane(out[d], pe, bf16_f32(pair[2 * d]), po, bf16_f32(pair[2 * d + 1]));
+        }
+    }
+}
