@@ -114,6 +114,47 @@ pub fn forward_one<M: Model + ?Sized>(
     Ok(model.forward_batch(&mut items)?.pop().unwrap_or_default())
 }
 
+/// Buffers a pass takes over from the one before it: a long prompt's
+/// activations are tens of MB, and fresh allocations of that size cost a
+/// page fault and a zeroed page per 4 KB on every pass (~5 % of a prefill).
+#[derive(Default)]
+pub struct Scratch {
+    bufs: Vec<Vec<f32>>,
+    pub qa: ActScratch,
+}
+
+impl Scratch {
+    /// A zeroed buffer of `n` floats (a recycled one where there is one).
+    pub fn take(&mut self, n: usize) -> Vec<f32> {
+        let mut v = self.bufs.pop().unwrap_or_default();
+        v.clear();
+        v.resize(n, 0.0);
+        v
+    }
+
+    /// Hands buffers back, in the reverse order of `take`, so the next pass
+    /// gets each buffer back for the same use.
+    pub fn give(&mut self, bufs: impl IntoIterator<Item = Vec<f32>>) {
+        self.bufs.extend(bufs);
+    }
+}
+
+/// A model's spare `Scratch`: a pass takes it (or, when another pass holds
+/// it, starts an empty one) and puts it back at its end.
+#[derive(Default)]
+pub struct ScratchCell(std::sync::Mutex<Option<Scratch>>);
+
+impl ScratchCell {
+    pub fn get(&self) -> Scratch {
+        self.0.lock().ok().and_then(|mut s| s.take()).unwrap_or_default()
+    }
+    pub fn put(&self, s: Scratch) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some(s);
+        }
+    }
+}
+
 /// Attention geometry of one layer.
 #[derive(Clone, Copy)]
 pub struct AttnShape {

@@ -14,7 +14,7 @@ use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, Pac
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, mtp_input,
-    pick_rows, project_qkv, reserve, split_hidden, split_logits, store_kv, AttnShape, Rows,
+    pick_rows, project_qkv, reserve, split_hidden, split_logits, store_kv, AttnShape, Rows, ScratchCell,
 };
 
 use crate::weights::WeightSource;
@@ -145,6 +145,7 @@ pub struct Gemma3 {
     pool: Arc<Pool>,
     isa: Isa,
     weight_bytes: usize,
+    scratch: ScratchCell,
 }
 
 impl Gemma3 {
@@ -189,6 +190,7 @@ impl Gemma3 {
             pool,
             isa: isa(),
             weight_bytes,
+            scratch: ScratchCell::default(),
         })
     }
 
@@ -217,15 +219,16 @@ impl Gemma3 {
         };
         reserve(items);
 
-        let mut qa = ActScratch::default();
-        let mut h = vec![0f32; m * d];
-        let mut q = vec![0f32; m * q_dim];
-        let mut k = vec![0f32; m * kv_dim];
-        let mut v = vec![0f32; m * kv_dim];
-        let mut att = vec![0f32; m * q_dim];
-        let mut o = vec![0f32; m * d];
-        let mut gate = vec![0f32; m * c.n_ff];
-        let mut up = vec![0f32; m * c.n_ff];
+        let mut scratch = self.scratch.get();
+        let mut h = scratch.take(m * d);
+        let mut q = scratch.take(m * q_dim);
+        let mut k = scratch.take(m * kv_dim);
+        let mut v = scratch.take(m * kv_dim);
+        let mut att = scratch.take(m * q_dim);
+        let mut o = scratch.take(m * d);
+        let mut gate = scratch.take(m * c.n_ff);
+        let mut up = scratch.take(m * c.n_ff);
+        let qa = &mut scratch.qa;
         // cos/sin of every row's position, for local and global rope bases.
         let (mut cos_l, mut sin_l, mut cos_g, mut sin_g) = (vec![], vec![], vec![], vec![]);
         let (mut tc, mut ts) = (vec![], vec![]);
@@ -253,7 +256,7 @@ impl Gemma3 {
             });
             // mq: the rows that go on past keys and values (x shrinks to them).
             let wqkv = (&l.wq, &l.wk, &l.wv);
-            let mq = project_qkv(pool, self.isa, &h, m, &mut qa, wqkv, (&mut q, &mut k, &mut v), sub);
+            let mq = project_qkv(pool, self.isa, &h, m, qa, wqkv, (&mut q, &mut k, &mut v), sub);
             if let Some(r) = sub {
                 x = pick_rows(&x, r, d);
             }
@@ -295,7 +298,7 @@ impl Gemma3 {
             let (qd, ad) = (&q[..mq * q_dim], &mut att[..mq * q_dim]);
             attention(pool, self.isa, shape, &layer_caches(items, li), qrows.as_ref().unwrap_or(&rows), qd, ad);
             let o = &mut o[..mq * d];
-            self.mm(&att[..mq * q_dim], mq, &mut qa, &mut [MatmulJob { w: &l.wo, out: o }]);
+            self.mm(&att[..mq * q_dim], mq, qa, &mut [MatmulJob { w: &l.wo, out: o }]);
             add_normed(pool, &mut x, o, &l.post_attn_norm, c.eps);
 
             // feed-forward block
@@ -304,9 +307,9 @@ impl Gemma3 {
                 b.copy_from_slice(&x[r0 * d..r0 * d + b.len()]);
                 rmsnorm_rows(b, &l.ffn_norm, c.eps);
             });
-            self.mm(h, mq, &mut qa, &mut [MatmulJob { w: &l.gate, out: gate }, MatmulJob { w: &l.up, out: up }]);
+            self.mm(h, mq, qa, &mut [MatmulJob { w: &l.gate, out: gate }, MatmulJob { w: &l.up, out: up }]);
             pool.row_blocks(gate, c.n_ff, &|r0, b| gelu_mul(b, &up[r0 * c.n_ff..r0 * c.n_ff + b.len()]));
-            self.mm(gate, mq, &mut qa, &mut [MatmulJob { w: &l.down, out: o }]);
+            self.mm(gate, mq, qa, &mut [MatmulJob { w: &l.down, out: o }]);
             add_normed(pool, &mut x, o, &l.post_ffn_norm, c.eps);
         }
 
@@ -322,7 +325,9 @@ impl Gemma3 {
         };
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let n_out: usize = per_seq.iter().sum();
-        let logits = self.logits(&xs, n_out, &mut qa);
+        let logits = self.logits(&xs, n_out, qa);
+        scratch.give([up, gate, o, att, v, k, q, h]);
+        self.scratch.put(scratch);
         Ok(split_logits(logits, &per_seq, c.n_vocab))
     }
 
@@ -465,6 +470,7 @@ impl Gemma3Head {
             pool,
             isa: isa(),
             weight_bytes: 0,
+            scratch: ScratchCell::default(),
         };
         Ok(Gemma3Head {
             enorm: w.vector("nextn.enorm.weight", d)?,
