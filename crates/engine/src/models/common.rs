@@ -124,10 +124,12 @@ pub struct Scratch {
 }
 
 impl Scratch {
-    /// A zeroed buffer of `n` floats (a recycled one where there is one).
+    /// A buffer of `n` floats (a recycled one where there is one): what an
+    /// earlier pass left there, zeros past it. Every use writes each element
+    /// it reads first (matmul outputs, copies, attention outputs).
     pub fn take(&mut self, n: usize) -> Vec<f32> {
         let mut v = self.bufs.pop().unwrap_or_default();
-        v.clear();
+        v.truncate(n);
         v.resize(n, 0.0);
         v
     }

@@ -442,8 +442,19 @@ pub unsafe fn signed_absmax(x: &[f32]) -> (f32, f32) {
     if amax == 0.0 || amax.is_nan() {
         return crate::act::signed_absmax_scalar(x);
     }
-    let first = x.iter().position(|v| v.abs() == amax).unwrap_or(0);
-    (amax, x[first])
+    // The first element of that magnitude, 16 at a time (a scalar scan
+    // cost four times the max itself).
+    let av = _mm512_set1_ps(amax);
+    let mut i = 0;
+    while i + 16 <= x.len() {
+        let hit = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(_mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(i))), av);
+        if hit != 0 {
+            return (amax, x[i + hit.trailing_zeros() as usize]);
+        }
+        i += 16;
+    }
+    let first = i + x[i..].iter().position(|v| v.abs() == amax).unwrap_or(0);
+    (amax, x[first.min(x.len() - 1)])
 }
 
 /// Q8_K-style quantization of one 256-block with scale `iscale`.
