@@ -208,8 +208,13 @@ pub fn attention(pool: &Pool, isa: Isa, shape: AttnShape, caches: &[LayerKv], ro
     // them: `AttnMath`), fixed when they were made, so the same for every
     // pass and rows stay batch-invariant.
     let bf16 = caches.iter().all(|c| c.bf16) && hd.is_multiple_of(32);
+    thread_local! {
+        /// Each thread's attention scratch, kept across layers and passes (a
+        /// long prompt's scores are a few hundred KB per task).
+        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     pool.run(&|t| {
-        let mut scores = Vec::new();
+        let mut scores = SCORES.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let mut acc = vec![0f32; rb * gs * hd];
         let mut ranges = Vec::with_capacity(rb);
         // Strided, not blocked: later rows attend to more positions, so
@@ -239,6 +244,7 @@ pub fn attention(pool: &Pool, isa: Isa, shape: AttnShape, caches: &[LayerKv], ro
                 };
             }
         }
+        SCORES.with(|s| *s.borrow_mut() = scores);
     });
 }
 

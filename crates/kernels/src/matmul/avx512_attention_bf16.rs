@@ -128,8 +128,13 @@ unsafe fn rows_rr<const G: usize, const RR: usize, const CW: usize>(
     // probabilities in bf16 by absolute position from the range's first even
     // one (two per slot, rows x G x npmax slots), zero outside the range.
     let (ns, nq) = (rows * G * nmax, rows * G * hd / 2);
-    scores.clear();
-    scores.resize(ns + nq + rows * G * npmax, 0.0);
+    // Every slot read is written first (scores per row range, queries, the
+    // probabilities and the zero halves of a range's edge pairs below), so
+    // the scratch is only grown, never cleared (clearing it was a memset of
+    // rows x heads x keys floats per call).
+    if scores.len() < ns + nq + rows * G * npmax {
+        scores.resize(ns + nq + rows * G * npmax, 0.0);
+    }
     let sp = scores.as_mut_ptr();
     let qb = sp.add(ns) as *mut u16;
     let pb = sp.add(ns + nq) as *mut u32;
@@ -156,8 +161,12 @@ unsafe fn rows_rr<const G: usize, const RR: usize, const CW: usize>(
         for h in 0..G {
             let at = (i * G + h) * nmax;
             softmax(&mut scores[at..at + e + 1 - s]);
-            // The slots are zero (resize); an odd start leaves slot 0's low half so.
-            to_bf16(sp.add(at), e + 1 - s, (pb.add((i * G + h) * npmax) as *mut u16).add(s % 2));
+            // Pairs from s/2 to e/2: the even half of the first pair is zero
+            // when s is odd, the odd half of the last when e is even.
+            let row = pb.add((i * G + h) * npmax) as *mut u16;
+            *row = 0;
+            *row.add(2 * (e / 2 - s / 2) + 1) = 0;
+            to_bf16(sp.add(at), e + 1 - s, row.add(s % 2));
         }
     }
     // Values over pairs: the accumulators of a row wait in `out` between pieces.
