@@ -207,7 +207,11 @@ pub fn attention(pool: &Pool, isa: Isa, shape: AttnShape, caches: &[LayerKv], ro
     // The caches' attention arithmetic (bf16 products where the CPU has
     // them: `AttnMath`), fixed when they were made, so the same for every
     // pass and rows stay batch-invariant.
-    let bf16 = caches.iter().all(|c| c.bf16) && hd.is_multiple_of(32);
+    let bf16 = caches.first().is_some_and(|c| c.bf16);
+    assert!(
+        caches.iter().all(|c| c.bf16 == bf16) && (!bf16 || hd.is_multiple_of(32)),
+        "the caches of one pass must share one attention arithmetic that suits the head size"
+    );
     thread_local! {
         /// Each thread's attention scratch, kept across layers and passes (a
         /// long prompt's scores are a few hundred KB per task).
@@ -377,8 +381,8 @@ pub fn store_kv(items: &mut [BatchItem], rows: &Rows, layer: usize, i: usize, k:
     items[rows.seq[i]].cache.store(layer, rows.pos[i], k, v);
 }
 
-/// One sequence's keys and values of one layer, in f32 and (where the cache
-/// keeps them, `KvCache::k16`) in bf16.
+/// One sequence's keys and values of one layer: f32 (`k`, `v`) or, in a
+/// bf16 cache (`KvCache::k16`), bf16 (`k16`, `v16`); the other pair is empty.
 pub struct LayerKv<'a> {
     pub k: &'a [f32],
     pub v: &'a [f32],

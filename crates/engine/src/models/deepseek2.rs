@@ -600,7 +600,12 @@ impl Model for DeepSeek2 {
         self.cfg.ctx
     }
     fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::keys_only(self.cfg.n_layers, self.cfg.kv_lora_rank + self.cfg.dr, capacity.min(self.cfg.ctx))
+        KvCache::keys_only(
+            self.cfg.n_layers,
+            self.cfg.kv_lora_rank + self.cfg.dr,
+            self.cfg.kv_lora_rank + self.cfg.dr,
+            capacity.min(self.cfg.ctx),
+        )
     }
 
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {

@@ -361,7 +361,12 @@ impl Model for Gemma3 {
         self.cfg.ctx
     }
     fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.cfg.n_layers, self.cfg.n_head_kv * self.cfg.head_dim, capacity.min(self.cfg.ctx))
+        KvCache::new(
+            self.cfg.n_layers,
+            self.cfg.n_head_kv * self.cfg.head_dim,
+            self.cfg.head_dim,
+            capacity.min(self.cfg.ctx),
+        )
     }
 
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
