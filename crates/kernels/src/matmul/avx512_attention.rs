@@ -121,20 +121,10 @@ unsafe fn attend_rows_rr<const G: usize, const RR: usize, const CW: usize>(
     for &(s, e) in ranges {
         assert!(s <= e && e * stride + hd <= k.len().min(v.len()), "keys out of range");
     }
-    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
-    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
     let nmax = ranges.iter().map(|r| r.1 + 1 - r.0).max().unwrap_or(0);
     scores.clear();
     scores.resize(rows * G * nmax, 0.0);
     let (qp, kp, vp, sp, op) = (q.as_ptr(), k.as_ptr(), v.as_ptr(), scores.as_mut_ptr(), out.as_mut_ptr());
-    let groups = rows / RR;
-    // The part of block `b0..b1` that row i attends (maybe empty).
-    let span = |i: usize, b0: usize, b1: usize| (b0.max(ranges[i].0), b1.min(ranges[i].1 + 1));
-    // The part that every row of group gi attends (maybe empty).
-    let joint = |gi: usize, b0: usize, b1: usize| {
-        let r = &ranges[gi * RR..(gi + 1) * RR];
-        (r.iter().map(|x| x.0).max().unwrap_or(0).max(b0), r.iter().map(|x| x.1 + 1).min().unwrap_or(0).min(b1))
-    };
     // Row i's keys j0..j1 (a piece of its range) of scores and of values.
     let score_of = |i: usize, j0: usize| sp.add(i * G * nmax + j0 - ranges[i].0);
     let score_piece = |i: usize, j0: usize, j1: usize| {
@@ -157,35 +147,7 @@ unsafe fn attend_rows_rr<const G: usize, const RR: usize, const CW: usize>(
             }
         }
     };
-    // Visits every row's keys block by block, in key order per row: its piece
-    // before its group's joint keys, the joint keys (the group's RR rows at
-    // once), its piece after; rows outside full groups and blocks without
-    // joint keys as single-row pieces.
-    let walk = |piece: &mut dyn FnMut(usize, usize, usize), joint_keys: &mut dyn FnMut(usize, usize, usize)| {
-        let mut b0 = lo;
-        while b0 <= hi {
-            let b1 = (b0 + KEY_BLOCK).min(hi + 1);
-            for gi in 0..groups {
-                let (x0, x1) = joint(gi, b0, b1);
-                for i in gi * RR..(gi + 1) * RR {
-                    let (j0, j1) = span(i, b0, b1);
-                    piece(i, j0, if x0 < x1 { x0 } else { j1 });
-                }
-                if x0 < x1 {
-                    joint_keys(gi, x0, x1);
-                    for i in gi * RR..(gi + 1) * RR {
-                        piece(i, x1, span(i, b0, b1).1);
-                    }
-                }
-            }
-            for i in groups * RR..rows {
-                let (j0, j1) = span(i, b0, b1);
-                piece(i, j0, j1);
-            }
-            b0 = b1;
-        }
-    };
-    walk(&mut |i, j0, j1| score_piece(i, j0, j1), &mut |gi, x0, x1| {
+    walk(ranges, RR, KEY_BLOCK, &mut |i, j0, j1| score_piece(i, j0, j1), &mut |gi, x0, x1| {
         let qr: [*const f32; RR] = std::array::from_fn(|r| qp.add((gi * RR + r) * qs));
         let sr: [*mut f32; RR] = std::array::from_fn(|r| score_of(gi * RR + r, x0));
         score_keys::<G, RR, 2>(qr, hd, kp, stride, x0, x1, sr, nmax);
@@ -197,7 +159,7 @@ unsafe fn attend_rows_rr<const G: usize, const RR: usize, const CW: usize>(
         }
     }
     // Values: the accumulators of a row wait in `out` between its pieces.
-    walk(&mut |i, j0, j1| value_piece(i, j0, j1), &mut |gi, x0, x1| {
+    walk(ranges, RR, KEY_BLOCK, &mut |i, j0, j1| value_piece(i, j0, j1), &mut |gi, x0, x1| {
         let pr: [*const f32; RR] = std::array::from_fn(|r| score_of(gi * RR + r, x0) as *const f32);
         let first: [bool; RR] = std::array::from_fn(|r| x0 == ranges[gi * RR + r].0);
         let mut c = 0;
@@ -213,6 +175,58 @@ unsafe fn attend_rows_rr<const G: usize, const RR: usize, const CW: usize>(
             }
         }
     });
+}
+
+/// Visits the ranges block by block (`block` positions), in position order
+/// per row: a row's piece before its group's joint positions, the joint
+/// positions (the group's `rr` rows at once), its piece after; rows outside
+/// full groups and blocks without joint positions as single-row pieces.
+pub(super) fn walk(
+    ranges: &[(usize, usize)],
+    rr: usize,
+    block: usize,
+    piece: &mut dyn FnMut(usize, usize, usize),
+    joint_keys: &mut dyn FnMut(usize, usize, usize),
+) {
+    let rows = ranges.len();
+    let groups = rows / rr;
+    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+    let span = |i: usize, b0: usize, b1: usize| (b0.max(ranges[i].0), b1.min(ranges[i].1 + 1));
+    let joint = |gi: usize, b0: usize, b1: usize| {
+        let r = &ranges[gi * rr..(gi + 1) * rr];
+        (r.iter().map(|x| x.0).max().unwrap_or(0).max(b0), r.iter().map(|x| x.1 + 1).min().unwrap_or(0).min(b1))
+    };
+    let mut b0 = lo;
+    while b0 <= hi {
+        let b1 = (b0 + block).min(hi + 1);
+        for gi in 0..groups {
+            let (x0, x1) = joint(gi, b0, b1);
+            for i in gi * rr..(gi + 1) * rr {
+                let (j0, j1) = span(i, b0, b1);
+                let end = if x0 < x1 { x0 } else { j1 };
+                if j0 < end {
+                    piece(i, j0, end);
+                }
+            }
+            if x0 < x1 {
+                joint_keys(gi, x0, x1);
+                for i in gi * rr..(gi + 1) * rr {
+                    let j1 = span(i, b0, b1).1;
+                    if x1 < j1 {
+                        piece(i, x1, j1);
+                    }
+                }
+            }
+        }
+        for i in groups * rr..rows {
+            let (j0, j1) = span(i, b0, b1);
+            if j0 < j1 {
+                piece(i, j0, j1);
+            }
+        }
+        b0 = b1;
+    }
 }
 
 /// Scores of keys `j0..j1` for RR rows of G heads: row r's queries at `q[r]`
@@ -252,31 +266,45 @@ unsafe fn score_keys<const G: usize, const RR: usize, const KK: usize>(
                 }
             }
         }
-        if KK * RR * G == 16 {
-            // All 16 sums in one transposed tree (46 vector ops instead of
-            // 16 x 7), each equal to `reduce16` of its accumulator.
-            let v: [__m512; 16] = std::array::from_fn(|i| a[i / (RR * G)][i / G % RR][i % G]);
-            let mut sums = [0f32; 16];
-            _mm512_storeu_ps(sums.as_mut_ptr(), reduce16x16(v));
-            for r in 0..RR {
-                for h in 0..G {
-                    for t in 0..KK.min(n - j) {
-                        let i = t * RR * G + r * G + h;
-                        // Input i lands in lane (i % 4) * 4 + i / 4.
-                        *s[r].add(h * hs + j + t) = sums[(i % 4) * 4 + i / 4];
-                    }
-                }
-            }
-        } else {
-            for r in 0..RR {
-                for h in 0..G {
-                    for t in 0..KK.min(n - j) {
-                        *s[r].add(h * hs + j + t) = reduce16(a[t][r][h]);
-                    }
+        store_scores(&a, s, hs, j, KK.min(n - j));
+        j += KK;
+    }
+}
+
+/// Stores the lane sums of score accumulators `a[t][r][h]` (key j + t, row
+/// r, head h) at `s[r][h * hs + j + t]` for t < `keys`: each `reduce16` of
+/// its accumulator, all 16 in one transposed tree (46 vector ops instead of
+/// 16 x 7) when KK x RR x G is 16.
+#[target_feature(enable = "avx512f,avx512dq")]
+#[inline]
+pub(super) unsafe fn store_scores<const G: usize, const RR: usize, const KK: usize>(
+    a: &[[[__m512; G]; RR]; KK],
+    s: [*mut f32; RR],
+    hs: usize,
+    j: usize,
+    keys: usize,
+) {
+    if KK * RR * G == 16 {
+        let v: [__m512; 16] = std::array::from_fn(|i| a[i / (RR * G)][i / G % RR][i % G]);
+        let mut sums = [0f32; 16];
+        _mm512_storeu_ps(sums.as_mut_ptr(), reduce16x16(v));
+        for r in 0..RR {
+            for h in 0..G {
+                for t in 0..keys {
+                    let i = t * RR * G + r * G + h;
+                    // Input i lands in lane (i % 4) * 4 + i / 4.
+                    *s[r].add(h * hs + j + t) = sums[(i % 4) * 4 + i / 4];
                 }
             }
         }
-        j += KK;
+    } else {
+        for r in 0..RR {
+            for h in 0..G {
+                for t in 0..keys {
+                    *s[r].add(h * hs + j + t) = reduce16(a[t][r][h]);
+                }
+            }
+        }
     }
 }
 
@@ -287,7 +315,7 @@ unsafe fn score_keys<const G: usize, const RR: usize, const KK: usize>(
 /// `reduce16(v[i])` bit for bit.
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub(super) unsafe fn reduce16x16(v: [__m512; 16]) -> __m512 {
+unsafe fn reduce16x16(v: [__m512; 16]) -> __m512 {
     // Two vectors' halves side by side: [a.lo | b.lo] + [a.hi | b.hi].
     let l1: [__m512; 8] = std::array::from_fn(|i| {
         let (a, b) = (v[2 * i], v[2 * i + 1]);

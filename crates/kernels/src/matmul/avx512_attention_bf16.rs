@@ -10,8 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::reduce16;
-use super::avx512_attention::{reduce16x16, softmax};
+use super::avx512_attention::{softmax, store_scores, walk};
 
 /// Whether this CPU has `vdpbf16ps` and `vcvtne2ps2bf16`.
 pub fn available() -> bool {
@@ -47,58 +46,6 @@ pub unsafe fn attend_rows_bf16<const G: usize>(
         1 => rows_rr::<G, 4, 4>(q, qs, hd, k, v, stride, ranges, scores, out, os),
         2 => rows_rr::<G, 4, 2>(q, qs, hd, k, v, stride, ranges, scores, out, os),
         _ => rows_rr::<G, 2, 2>(q, qs, hd, k, v, stride, ranges, scores, out, os),
-    }
-}
-
-/// Visits the ranges block by block (`block` positions), in position order
-/// per row: a row's piece before its group's joint positions, the joint
-/// positions (the group's `rr` rows at once), its piece after; rows outside
-/// full groups and blocks without joint positions as single-row pieces.
-fn walk(
-    ranges: &[(usize, usize)],
-    rr: usize,
-    block: usize,
-    piece: &mut dyn FnMut(usize, usize, usize),
-    joint_keys: &mut dyn FnMut(usize, usize, usize),
-) {
-    let rows = ranges.len();
-    let groups = rows / rr;
-    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
-    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
-    let span = |i: usize, b0: usize, b1: usize| (b0.max(ranges[i].0), b1.min(ranges[i].1 + 1));
-    let joint = |gi: usize, b0: usize, b1: usize| {
-        let r = &ranges[gi * rr..(gi + 1) * rr];
-        (r.iter().map(|x| x.0).max().unwrap_or(0).max(b0), r.iter().map(|x| x.1 + 1).min().unwrap_or(0).min(b1))
-    };
-    let mut b0 = lo;
-    while b0 <= hi {
-        let b1 = (b0 + block).min(hi + 1);
-        for gi in 0..groups {
-            let (x0, x1) = joint(gi, b0, b1);
-            for i in gi * rr..(gi + 1) * rr {
-                let (j0, j1) = span(i, b0, b1);
-                let end = if x0 < x1 { x0 } else { j1 };
-                if j0 < end {
-                    piece(i, j0, end);
-                }
-            }
-            if x0 < x1 {
-                joint_keys(gi, x0, x1);
-                for i in gi * rr..(gi + 1) * rr {
-                    let j1 = span(i, b0, b1).1;
-                    if x1 < j1 {
-                        piece(i, x1, j1);
-                    }
-                }
-            }
-        }
-        for i in groups * rr..rows {
-            let (j0, j1) = span(i, b0, b1);
-            if j0 < j1 {
-                piece(i, j0, j1);
-            }
-        }
-        b0 = b1;
     }
 }
 
@@ -245,27 +192,7 @@ unsafe fn score_keys<const G: usize, const RR: usize, const KK: usize>(
                 }
             }
         }
-        if KK * RR * G == 16 {
-            let v: [__m512; 16] = std::array::from_fn(|i| a[i / (RR * G)][i / G % RR][i % G]);
-            let mut sums = [0f32; 16];
-            _mm512_storeu_ps(sums.as_mut_ptr(), reduce16x16(v));
-            for r in 0..RR {
-                for h in 0..G {
-                    for t in 0..KK.min(n - j) {
-                        let i = t * RR * G + r * G + h;
-                        *s[r].add(h * hs + j + t) = sums[(i % 4) * 4 + i / 4];
-                    }
-                }
-            }
-        } else {
-            for r in 0..RR {
-                for h in 0..G {
-                    for t in 0..KK.min(n - j) {
-                        *s[r].add(h * hs + j + t) = reduce16(a[t][r][h]);
-                    }
-                }
-            }
-        }
+        store_scores(&a, s, hs, j, KK.min(n - j));
         j += KK;
     }
 }
