@@ -63,10 +63,10 @@ pub unsafe fn attend_heads<const G: usize>(
 
 /// Keys per block in `attend_rows`: the rows of one call share a pass over a
 /// block (K or V: 128 rows of 1 KB at Gemma 3's shapes stay in L2).
-const KEY_BLOCK: usize = 128;
+pub(super) const KEY_BLOCK: usize = 128;
 
 /// Key and value rows are prefetched this many rows ahead.
-const PF_ROWS: usize = 16;
+pub(super) const PF_ROWS: usize = 16;
 
 /// `attend_heads` for several query rows at once: row i has its G heads at
 /// `q[i * qs..]`, writes `out[i * os..]` and attends keys `ranges[i]`

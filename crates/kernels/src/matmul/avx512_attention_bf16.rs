@@ -10,18 +10,12 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512_attention::{softmax, store_scores, walk};
+use super::avx512_attention::{softmax, store_scores, walk, KEY_BLOCK, PF_ROWS};
 
 /// Whether this CPU has `vdpbf16ps` and `vcvtne2ps2bf16`.
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512bf16") && super::avx512::available()
 }
-
-/// Keys per block (as in `avx512_attention`): rows of a call share each pass.
-const KEY_BLOCK: usize = 128;
-
-/// Key and value rows are prefetched this many rows ahead.
-const PF_ROWS: usize = 16;
 
 /// `scalar::attend_bf16` for the G heads of each row: row i has its heads at
 /// `q[i * qs..]`, writes `out[i * os..]` and attends keys `ranges[i]`
