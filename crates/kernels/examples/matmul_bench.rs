@@ -1,7 +1,8 @@
 //! Times the packed matmul on random weights of a given type and shape for
 //! several row counts: `cargo run --release --example matmul_bench -- Q8_0 262144 640 [THREADS]`
 //! (2 threads by default). Prints the median of 9 runs and ns per record
-//! (16 output columns x one 32-weight block) per thread.
+//! (16 output columns x one 32-weight block) per thread, for 1, 2, 4, 8, 16
+//! and 64 rows or the row counts in `SD_MS` (e.g. `SD_MS=1,8,9,17`).
 
 use std::time::Instant;
 
@@ -45,7 +46,10 @@ fn main() {
     let mut qa = ActScratch::default();
     println!("{ty} {n}x{k}, {:.1} MB packed, isa {:?}", w.bytes() as f64 / 1e6, isa());
     let mut base = 0.0;
-    for m in [1usize, 2, 4, 8, 16, 64] {
+    let ms: Vec<usize> = std::env::var("SD_MS")
+        .map(|v| v.split(',').map(|x| x.parse().unwrap()).collect())
+        .unwrap_or(vec![1, 2, 4, 8, 16, 64]);
+    for m in ms {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut out = vec![0f32; m * n];
         let mut times = vec![];

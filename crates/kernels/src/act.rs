@@ -10,8 +10,6 @@
 //! Rows are quantized independently: a row's numbers never depend on how many
 //! rows share the pass (batch invariance).
 
-use std::sync::Mutex;
-
 use half::f16;
 
 use crate::pool::Pool;
@@ -68,116 +66,68 @@ pub struct Tiled {
 /// Row tile height of the AVX-512 kernels.
 pub const TILE: usize = 8;
 
-/// Row count from which the tiled copy is made in parallel.
-const RETILE_PAR_ROWS: usize = 64;
-
-/// The row-major arrays a tiled copy is made from.
-struct RowMajor<'a> {
-    k: usize,
-    qs: &'a [i8],
-    d: &'a [f32],
-    dsum: &'a [f32],
-    corr128: &'a [i32],
-    corr16: &'a [i32],
-    corr32: &'a [i32],
-}
-
-/// Whole tiles of a `Tiled`, from a tile-aligned row onwards.
-struct TiledMut<'a> {
-    qs: &'a mut [i8],
-    d: &'a mut [f32],
-    dsum: &'a mut [f32],
-    corr128: &'a mut [i32],
-    corr16: &'a mut [i32],
-    corr32: &'a mut [i32],
-}
-
-impl<'a> TiledMut<'a> {
-    /// Splits after `rows` rows of `k` (a multiple of `TILE` unless it is the end).
-    fn split(self, rows: usize, k: usize) -> (TiledMut<'a>, TiledMut<'a>) {
-        let nb = k / 32;
-        let (q0, q1) = self.qs.split_at_mut(rows * k);
-        let (d0, d1) = self.d.split_at_mut(rows * nb);
-        let (s0, s1) = self.dsum.split_at_mut(rows * nb);
-        let (a0, a1) = self.corr128.split_at_mut(rows * nb);
-        let (b0, b1) = self.corr16.split_at_mut(rows * nb);
-        let (c0, c1) = self.corr32.split_at_mut(2 * rows * nb);
-        (
-            TiledMut { qs: q0, d: d0, dsum: s0, corr128: a0, corr16: b0, corr32: c0 },
-            TiledMut { qs: q1, d: d1, dsum: s1, corr128: a1, corr16: b1, corr32: c1 },
-        )
-    }
-
-    /// Copies rows `r0..r1` of `m` (`r0` tile-aligned, where these slices start).
-    fn fill(self, src: &RowMajor, r0: usize, r1: usize, m: usize) {
-        let nb = src.k / 32;
-        let mut t0 = r0;
-        while t0 < r1 {
-            let mt = (m - t0).min(TILE);
-            for i in 0..mt {
-                let r = t0 + i;
-                for b in 0..nb {
-                    let (s, d) = (r * nb + b, (t0 - r0) * nb + b * mt + i);
-                    self.qs[d * 32..d * 32 + 32].copy_from_slice(&src.qs[s * 32..s * 32 + 32]);
-                    self.d[d] = src.d[s];
-                    self.dsum[d] = src.dsum[s];
-                    self.corr128[d] = src.corr128[s];
-                    self.corr16[d] = src.corr16[s];
-                    self.corr32[2 * d..2 * d + 2].copy_from_slice(&src.corr32[2 * s..2 * s + 2]);
-                }
-            }
-            t0 += mt;
-        }
-    }
-}
-
 /// Round to nearest, ties to even, for |v| < 2^22 (ggml's `nearest_int`).
 #[inline]
 fn nearest(v: f32) -> f32 {
     (v + 12_582_912.0) - 12_582_912.0
 }
 
-/// Mutable views of whole rows of a `QuantActs`, so rows can be quantized in
-/// parallel into disjoint parts.
-struct RowsMut<'a> {
-    qs: &'a mut [i8],
-    d: &'a mut [f32],
-    sum16: &'a mut [i32],
-    corr128: &'a mut [i32],
-    corr16: &'a mut [i32],
-    dsum: &'a mut [f32],
-    corr32: &'a mut [i32],
+/// Raw pointers to every array of a `QuantActs`, sized for the pass, so that
+/// threads can write the blocks they own.
+struct RawActs {
+    m: usize,
+    k: usize,
+    style: ActStyle,
+    /// Whether the row-major arrays are written (the scalar and AVX2
+    /// kernels read them; the AVX-512 ones read the tiled copy only).
+    row_major: bool,
+    qs: *mut i8,
+    d: *mut f32,
+    sum16: *mut i32,
+    corr128: *mut i32,
+    corr16: *mut i32,
+    dsum: *mut f32,
+    corr32: *mut i32,
+    /// The tiled copy (`Tiled`), when the AVX-512 kernels exist on this CPU.
+    tiled: Option<[*mut u8; 6]>,
 }
 
-impl<'a> RowsMut<'a> {
-    /// Splits after `rows` rows of `k`.
-    fn split(self, rows: usize, k: usize) -> (RowsMut<'a>, RowsMut<'a>) {
-        let (qs0, qs1) = self.qs.split_at_mut(rows * k);
-        let (d0, d1) = self.d.split_at_mut(rows * k / 32);
-        let (s0, s1) = self.sum16.split_at_mut(rows * k / 16);
-        let (a0, a1) = self.corr128.split_at_mut(rows * k / 32);
-        let (b0, b1) = self.corr16.split_at_mut(rows * k / 32);
-        let (m0, m1) = self.dsum.split_at_mut(rows * k / 32);
-        let (c0, c1) = self.corr32.split_at_mut(rows * k / 16);
-        (
-            RowsMut { qs: qs0, d: d0, sum16: s0, corr128: a0, corr16: b0, dsum: m0, corr32: c0 },
-            RowsMut { qs: qs1, d: d1, sum16: s1, corr128: a1, corr16: b1, dsum: m1, corr32: c1 },
-        )
+// SAFETY: the pointers are only written through `quantize_blocks`, and no two
+// threads are given the same blocks.
+unsafe impl Sync for RawActs {}
+
+impl RawActs {
+    /// Quantization blocks per row (32 values for Q8_0, 256 for Q8_K).
+    fn blocks(&self) -> usize {
+        self.k / if self.style == ActStyle::Q8_K { 256 } else { 32 }
     }
 
-    /// Quantizes `x` (whole rows, matching these views).
-    fn fill(self, x: &[f32], style: ActStyle) {
+    /// Quantizes blocks `i0..i1` of row `r` of `x` (m x k) into the row-major
+    /// arrays (when asked) and the tiled copy (when present). Blocks are
+    /// independent, so a row's values never depend on the pass's height or
+    /// on how it is split over threads (batch invariance).
+    ///
+    /// # Safety
+    /// `r < m`, `i1 <= self.blocks()`, `x.len() == m * k`, the arrays sized by
+    /// `QuantActs::resize`, and no other thread writes these blocks meanwhile.
+    unsafe fn quantize_blocks(&self, x: &[f32], r: usize, i0: usize, i1: usize) {
+        let (k, style) = (self.k, self.style);
+        let nb = k / 32;
         let blk = if style == ActStyle::Q8_K { 256 } else { 32 };
         let simd = crate::matmul::isa() == crate::matmul::Isa::Avx512Vnni;
-        for (i, xb) in x.chunks_exact(blk).enumerate() {
-            let q = &mut self.qs[i * blk..(i + 1) * blk];
-            let s16 = &mut self.sum16[i * blk / 16..(i + 1) * blk / 16];
-            let d = match style {
+        let t0 = r - r % TILE;
+        let (mt, ti) = ((self.m - t0).min(TILE), r - t0);
+        // One block's values and 16-sums, before they go to their places.
+        let (mut q, mut s16, mut dq) = ([0i8; 256], [0i32; 16], [0f32; 8]);
+        for i in i0..i1 {
+            let xb = &x[r * k + i * blk..r * k + (i + 1) * blk];
+            let (q, s16, dq) = (&mut q[..blk], &mut s16[..blk / 16], &mut dq[..blk / 32]);
+            let di = match style {
                 ActStyle::Q8_0 => {
                     #[cfg(target_arch = "x86_64")]
                     let amax = if simd {
                         // SAFETY: the ISA check covers AVX-512 F/BW/DQ.
-                        unsafe { crate::matmul::avx512::quantize_block_q8_0(xb, q, s16) }
+                        crate::matmul::avx512::quantize_block_q8_0(xb, q, s16)
                     } else {
                         quantize_q8_0_scalar(xb, q, s16)
                     };
@@ -187,12 +137,8 @@ impl<'a> RowsMut<'a> {
                 }
                 ActStyle::Q8_K => {
                     #[cfg(target_arch = "x86_64")]
-                    let (amax, max) = if simd {
-                        // SAFETY: as above.
-                        unsafe { crate::matmul::avx512::signed_absmax(xb) }
-                    } else {
-                        signed_absmax_scalar(xb)
-                    };
+                    let (amax, max) =
+                        if simd { crate::matmul::avx512::signed_absmax(xb) } else { signed_absmax_scalar(xb) };
                     #[cfg(not(target_arch = "x86_64"))]
                     let (amax, max) = signed_absmax_scalar(xb);
                     if amax == 0.0 {
@@ -203,8 +149,7 @@ impl<'a> RowsMut<'a> {
                         let iscale = -127.0 / max;
                         #[cfg(target_arch = "x86_64")]
                         if simd {
-                            // SAFETY: as above.
-                            unsafe { crate::matmul::avx512::quantize_block_q8_k(xb, iscale, q, s16) };
+                            crate::matmul::avx512::quantize_block_q8_k(xb, iscale, q, s16);
                         } else {
                             quantize_q8_k_scalar(xb, iscale, q, s16);
                         }
@@ -214,129 +159,146 @@ impl<'a> RowsMut<'a> {
                     }
                 }
             };
-            self.d[i * blk / 32..(i + 1) * blk / 32].fill(d);
-        }
-        for b in 0..self.d.len() {
-            let sum = self.sum16[2 * b] + self.sum16[2 * b + 1];
-            self.corr128[b] = -128 * sum;
-            self.corr16[b] = -16 * sum;
-            self.dsum[b] = self.d[b] * sum as f32;
-        }
-        for (c, s) in self.corr32.iter_mut().zip(self.sum16.iter()) {
-            *c = -32 * s;
+            dq.fill(di);
+            if self.row_major {
+                std::ptr::copy_nonoverlapping(q.as_ptr(), self.qs.add(r * k + i * blk), blk);
+                std::ptr::copy_nonoverlapping(s16.as_ptr(), self.sum16.add((r * k + i * blk) / 16), blk / 16);
+            }
+            // Per 32-block terms of the kernels' epilogues.
+            for (j, b) in (i * blk / 32..(i + 1) * blk / 32).enumerate() {
+                let (s0, s1) = (s16[2 * j], s16[2 * j + 1]);
+                let sum = s0 + s1;
+                let (c128, c16, ds) = (-128 * sum, -16 * sum, di * sum as f32);
+                if self.row_major {
+                    let at = r * nb + b;
+                    *self.d.add(at) = di;
+                    *self.corr128.add(at) = c128;
+                    *self.corr16.add(at) = c16;
+                    *self.dsum.add(at) = ds;
+                    *self.corr32.add(2 * at) = -32 * s0;
+                    *self.corr32.add(2 * at + 1) = -32 * s1;
+                }
+                if let Some([tq, td, tds, t128, t16, t32]) = self.tiled {
+                    // Row t0 + ti, block b of its tile (see `Tiled`).
+                    let at = t0 * nb + b * mt + ti;
+                    std::ptr::copy_nonoverlapping(q.as_ptr().add(j * 32), (tq as *mut i8).add(at * 32), 32);
+                    *(td as *mut f32).add(at) = di;
+                    *(tds as *mut f32).add(at) = ds;
+                    *(t128 as *mut i32).add(at) = c128;
+                    *(t16 as *mut i32).add(at) = c16;
+                    *(t32 as *mut i32).add(2 * at) = -32 * s0;
+                    *(t32 as *mut i32).add(2 * at + 1) = -32 * s1;
+                }
+            }
         }
     }
 }
 
 impl QuantActs {
-    fn prepare(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) -> RowsMut<'_> {
+    /// Sizes the arrays for m x k (reusing capacity) and returns raw views:
+    /// the tiled copy on CPUs with the AVX-512 kernels, the row-major arrays
+    /// when `row_major` or when there is no tiled copy.
+    fn resize(&mut self, m: usize, k: usize, style: ActStyle, row_major: bool) -> RawActs {
         let blk = if style == ActStyle::Q8_K { 256 } else { 32 };
-        assert!(k.is_multiple_of(blk) && x.len() == m * k, "activations {m}x{k}, len {}", x.len());
+        assert!(k.is_multiple_of(blk), "activations {m}x{k}: width not a multiple of {blk}");
+        let nb = k / 32;
         self.m = m;
         self.k = k;
-        self.qs.resize(m * k, 0);
-        self.d.resize(m * k / 32, 0.0);
-        self.sum16.resize(m * k / 16, 0);
-        self.corr128.resize(m * k / 32, 0);
-        self.corr16.resize(m * k / 32, 0);
-        self.dsum.resize(m * k / 32, 0.0);
-        self.corr32.resize(m * k / 16, 0);
-        RowsMut {
-            qs: &mut self.qs,
-            d: &mut self.d,
-            sum16: &mut self.sum16,
-            corr128: &mut self.corr128,
-            corr16: &mut self.corr16,
-            dsum: &mut self.dsum,
-            corr32: &mut self.corr32,
-        }
-    }
-
-    /// Quantizes `x` (m rows of k, k a multiple of 32; of 256 for Q8_K), reusing buffers.
-    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) {
-        self.prepare(x, m, k, style).fill(x, style);
-        self.retile(None);
-    }
-
-    /// Fills `tiled` from the row-major arrays (only the AVX-512 kernels read
-    /// it, on any CPU that has them, whatever ISA is forced for the process);
-    /// tiles split over the pool's threads when there are many rows.
-    fn retile(&mut self, pool: Option<&Pool>) {
-        if !crate::matmul::avx512_available() {
-            return;
-        }
-        let (m, k) = (self.m, self.k);
-        let nb = k / 32;
-        let t = &mut self.tiled;
-        t.qs.resize(m * k, 0);
-        t.d.resize(m * nb, 0.0);
-        t.dsum.resize(m * nb, 0.0);
-        t.corr128.resize(m * nb, 0);
-        t.corr16.resize(m * nb, 0);
-        t.corr32.resize(2 * m * nb, 0);
-        let src = RowMajor {
+        let tiled = crate::matmul::avx512_available().then(|| {
+            let t = &mut self.tiled;
+            t.qs.resize(m * k, 0);
+            t.d.resize(m * nb, 0.0);
+            t.dsum.resize(m * nb, 0.0);
+            t.corr128.resize(m * nb, 0);
+            t.corr16.resize(m * nb, 0);
+            t.corr32.resize(2 * m * nb, 0);
+            [
+                t.qs.as_mut_ptr() as *mut u8,
+                t.d.as_mut_ptr() as *mut u8,
+                t.dsum.as_mut_ptr() as *mut u8,
+                t.corr128.as_mut_ptr() as *mut u8,
+                t.corr16.as_mut_ptr() as *mut u8,
+                t.corr32.as_mut_ptr() as *mut u8,
+            ]
+        });
+        let row_major = row_major || tiled.is_none();
+        // Unused row-major arrays are emptied so nothing can read stale values.
+        let n = |len: usize| if row_major { len } else { 0 };
+        self.qs.resize(n(m * k), 0);
+        self.d.resize(n(m * nb), 0.0);
+        self.sum16.resize(n(m * k / 16), 0);
+        self.corr128.resize(n(m * nb), 0);
+        self.corr16.resize(n(m * nb), 0);
+        self.dsum.resize(n(m * nb), 0.0);
+        self.corr32.resize(n(m * k / 16), 0);
+        RawActs {
+            m,
             k,
-            qs: &self.qs,
-            d: &self.d,
-            dsum: &self.dsum,
-            corr128: &self.corr128,
-            corr16: &self.corr16,
-            corr32: &self.corr32,
-        };
-        let mut rest = TiledMut {
-            qs: &mut t.qs,
-            d: &mut t.d,
-            dsum: &mut t.dsum,
-            corr128: &mut t.corr128,
-            corr16: &mut t.corr16,
-            corr32: &mut t.corr32,
-        };
-        let tiles = m.div_ceil(TILE);
-        let (pool, nt) = match pool {
-            Some(p) if m >= RETILE_PAR_ROWS && p.threads().min(tiles) > 1 => (p, p.threads().min(tiles)),
-            _ => return rest.fill(&src, 0, m, m),
-        };
-        let mut parts = Vec::with_capacity(nt);
-        let mut r0 = 0;
-        for i in 0..nt {
-            let r1 = (tiles * (i + 1) / nt * TILE).min(m);
-            let (head, tail) = rest.split(r1 - r0, k);
-            parts.push(Mutex::new(Some((head, r0, r1))));
-            rest = tail;
-            r0 = r1;
+            style,
+            row_major,
+            qs: self.qs.as_mut_ptr(),
+            d: self.d.as_mut_ptr(),
+            sum16: self.sum16.as_mut_ptr(),
+            corr128: self.corr128.as_mut_ptr(),
+            corr16: self.corr16.as_mut_ptr(),
+            dsum: self.dsum.as_mut_ptr(),
+            corr32: self.corr32.as_mut_ptr(),
+            tiled,
         }
-        pool.run(&|i| {
-            let part = parts.get(i).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take());
-            if let Some((dst, r0, r1)) = part {
-                dst.fill(&src, r0, r1, m);
-            }
-        });
     }
 
-    /// As `quantize`, with the rows split over the pool's threads. Each row is
-    /// quantized by the same code whatever the split (batch invariance).
-    pub fn quantize_par(&mut self, pool: &Pool, x: &[f32], m: usize, k: usize, style: ActStyle) {
-        let nt = pool.threads().min(m);
-        if nt <= 1 {
-            return self.quantize(x, m, k, style);
+    /// Quantizes `x` (m rows of k, k a multiple of 32; of 256 for Q8_K) into
+    /// both layouts, reusing buffers.
+    pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) {
+        assert_eq!(x.len(), m * k, "activations {m}x{k}, len {}", x.len());
+        let raw = self.resize(m, k, style, true);
+        for r in 0..m {
+            // SAFETY: r < m, arrays sized for m x k, one thread.
+            unsafe { raw.quantize_blocks(x, r, 0, raw.blocks()) };
         }
-        let mut rest = self.prepare(x, m, k, style);
-        let mut parts = Vec::with_capacity(nt);
-        let mut r0 = 0;
-        for t in 0..nt {
-            let r1 = m * (t + 1) / nt;
-            let (head, tail) = rest.split(r1 - r0, k);
-            parts.push(Mutex::new(Some((head, &x[r0 * k..r1 * k]))));
-            rest = tail;
-            r0 = r1;
-        }
+    }
+
+    /// As `quantize`, split over the pool's threads when there is a pool, and
+    /// into the tiled copy alone when `row_major` is false (and the CPU has
+    /// the AVX-512 kernels). Passes of two tiles or more are split by whole
+    /// tiles, shorter ones by blocks: the tiled copy interleaves a tile's rows
+    /// block by block, so threads given alternate rows would share every
+    /// cache line.
+    pub fn quantize_par(
+        &mut self,
+        pool: Option<&Pool>,
+        x: &[f32],
+        m: usize,
+        k: usize,
+        style: ActStyle,
+        row_major: bool,
+    ) {
+        assert_eq!(x.len(), m * k, "activations {m}x{k}, len {}", x.len());
+        let raw = self.resize(m, k, style, row_major);
+        let nq = raw.blocks();
+        let Some(pool) = pool.filter(|p| p.threads() > 1) else {
+            for r in 0..m {
+                // SAFETY: r < m, arrays sized for m x k, one thread.
+                unsafe { raw.quantize_blocks(x, r, 0, nq) };
+            }
+            return;
+        };
+        let (tiles, nt) = (m.div_ceil(TILE), pool.threads());
         pool.run(&|t| {
-            let part = parts.get(t).and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).take());
-            if let Some((rows, xs)) = part {
-                rows.fill(xs, style);
+            if tiles >= 2 * nt {
+                for r in (tiles * t / nt * TILE).min(m)..(tiles * (t + 1) / nt * TILE).min(m) {
+                    // SAFETY: r < m, arrays sized for m x k, and thread t
+                    // alone writes the rows of its tiles.
+                    unsafe { raw.quantize_blocks(x, r, 0, nq) };
+                }
+            } else {
+                let (i0, i1) = (nq * t / nt, nq * (t + 1) / nt);
+                for r in 0..m {
+                    // SAFETY: as above, thread t alone writes blocks i0..i1.
+                    unsafe { raw.quantize_blocks(x, r, i0, i1) };
+                }
             }
         });
-        self.retile(Some(pool));
     }
 }
 

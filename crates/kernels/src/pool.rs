@@ -98,7 +98,7 @@ impl Pool {
 }
 
 /// Rows from which `Pool::row_blocks` splits its work over the threads.
-pub const PAR_ROWS: usize = 32;
+pub const PAR_ROWS: usize = 4;
 
 /// An output pointer shared by the threads of one `Pool::run`, each of which
 /// writes its own disjoint part of what it points to.

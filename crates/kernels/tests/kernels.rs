@@ -4,7 +4,9 @@ use half::f16;
 use specdec_gguf::GgmlType;
 use specdec_kernels::matmul::{avx2, avx512, avx512_attention, scalar};
 use specdec_kernels::quant::dequantize_row;
-use specdec_kernels::{matmul, ActScratch, ActStyle, Isa, MatmulJob, PackedKind, PackedMatrix, Pool, QuantActs};
+use specdec_kernels::{
+    matmul, matmul_gated, ActScratch, ActStyle, Isa, MatmulJob, PackedKind, PackedMatrix, Pool, QuantActs,
+};
 
 struct Rng(u64);
 impl Rng {
@@ -125,9 +127,10 @@ fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
     assert!(!simd_isas.is_empty() || !cfg!(target_arch = "x86_64") || !avx2::available());
     let mut rng = Rng(12345);
     let pool = Pool::new(2);
-    // 13 rows: a full tile of 8 and a short one; 70: the tiled copy of the
-    // activations is made in parallel, ending in a short tile.
-    for (ty, m) in TYPES.into_iter().flat_map(|ty| [(ty, 13), (ty, 70)]) {
+    // 3 rows: quantized on one thread; 13: a full tile of 8 and a short one,
+    // the threads' rows (7 and 6) cutting across the first tile; 70: ending
+    // in a short tile.
+    for (ty, m) in TYPES.into_iter().flat_map(|ty| [(ty, 3), (ty, 13), (ty, 70)]) {
         let (n, k) = (48, 512);
         let data = random_matrix(ty, n, k, &mut rng);
         let w = PackedMatrix::from_gguf(ty, &data, n, k).unwrap();
@@ -181,6 +184,42 @@ fn float_weights_use_the_exact_path() {
             results.push(out);
         }
         assert!(results.windows(2).all(|p| p[0] == p[1]), "{ty}: ISAs disagree");
+    }
+}
+
+#[test]
+fn gated_matmul_equals_matmul_then_activation() {
+    let mut rng = Rng(4242);
+    let pool = Pool::new(2);
+    // 70 columns: the threads' column ranges end inside a 16-column group.
+    let (n, k) = (70, 512);
+    for (ty, act) in [
+        (GgmlType::Q5_0, specdec_kernels::ops::gelu_mul as fn(&mut [f32], &[f32])),
+        (GgmlType::Q4_K, specdec_kernels::ops::silu_mul),
+    ] {
+        let wg = PackedMatrix::from_gguf(ty, &random_matrix(ty, n, k, &mut rng), n, k).unwrap();
+        let wu = PackedMatrix::from_gguf(ty, &random_matrix(ty, n, k, &mut rng), n, k).unwrap();
+        for m in [1, 5, 13] {
+            let x = random_acts(m, k, &mut rng);
+            for isa in isas() {
+                let mut qa = ActScratch::default();
+                let (mut g, mut u) = (vec![0f32; m * n], vec![0f32; m * n]);
+                matmul(
+                    &pool,
+                    isa,
+                    &x,
+                    m,
+                    &mut qa,
+                    &mut [MatmulJob { w: &wg, out: &mut g }, MatmulJob { w: &wu, out: &mut u }],
+                );
+                act(&mut g, &u);
+                let (mut g2, mut u2) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+                matmul_gated(&pool, isa, &x, m, &mut qa, (&wg, &wu), &mut g2, &mut u2, act);
+                assert_eq!(g, g2, "{ty} {isa:?}, {m} rows: gated output differs");
+                assert_eq!(u, u2, "{ty} {isa:?}, {m} rows: up projection differs");
+                assert!(g.iter().any(|&v| v != 0.0), "{ty}: all zero");
+            }
+        }
     }
 }
 

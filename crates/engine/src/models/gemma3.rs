@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
-use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
+use specdec_kernels::{
+    isa, matmul, matmul_alloc, matmul_gated, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool,
+};
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, mtp_input,
@@ -307,8 +309,7 @@ impl Gemma3 {
                 b.copy_from_slice(&x[r0 * d..r0 * d + b.len()]);
                 rmsnorm_rows(b, &l.ffn_norm, c.eps);
             });
-            self.mm(h, mq, qa, &mut [MatmulJob { w: &l.gate, out: gate }, MatmulJob { w: &l.up, out: up }]);
-            pool.row_blocks(gate, c.n_ff, &|r0, b| gelu_mul(b, &up[r0 * c.n_ff..r0 * c.n_ff + b.len()]));
+            matmul_gated(pool, self.isa, h, mq, qa, (&l.gate, &l.up), gate, up, gelu_mul);
             self.mm(gate, mq, qa, &mut [MatmulJob { w: &l.down, out: o }]);
             add_normed(pool, &mut x, o, &l.post_ffn_norm, c.eps);
         }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{rmsnorm_rows, rope_neox, rope_norm, rope_table, silu_mul, Rope};
-use specdec_kernels::{isa, matmul, matmul_alloc, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+use specdec_kernels::{isa, matmul, matmul_alloc, matmul_gated, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, pick_rows,
@@ -305,8 +305,7 @@ impl Model for Llama {
             let (h, gate, up) = (&mut h[..mq * d], &mut gate[..mq * c.n_ff], &mut up[..mq * c.n_ff]);
             h.copy_from_slice(&x);
             rmsnorm_rows(h, &l.ffn_norm, c.eps);
-            self.mm(h, mq, &mut qa, &mut [MatmulJob { w: &l.gate, out: gate }, MatmulJob { w: &l.up, out: up }]);
-            silu_mul(gate, up);
+            matmul_gated(&self.pool, self.isa, h, mq, &mut qa, (&l.gate, &l.up), gate, up, silu_mul);
             self.mm(gate, mq, &mut qa, &mut [MatmulJob { w: &l.down, out: o }]);
             x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         }

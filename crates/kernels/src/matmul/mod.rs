@@ -123,7 +123,7 @@ pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScrat
     let k = jobs.first().map(|j| j.w.k).unwrap_or(0);
     assert_eq!(x.len(), m * k, "activations are not {m}x{k}");
     let ws: Vec<&PackedMatrix> = jobs.iter().map(|j| j.w).collect();
-    quantize_for(pool, x, m, k, scratch, &ws);
+    quantize_for(pool, isa, x, m, k, scratch, &ws);
     let outs: Vec<(&PackedMatrix, SendPtr)> = jobs
         .iter_mut()
         .map(|j| {
@@ -133,6 +133,59 @@ pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScrat
         })
         .collect();
     run_jobs(pool, isa, x, m, scratch, &outs);
+}
+
+/// A gated feed-forward's input side: `gate = x wg`, `up = x wu`, then
+/// `gate = act(gate) * up` (GELU or SiLU times the up projection). Each thread
+/// applies `act` to the columns it has just computed, while they are in its
+/// cache and with no second pass over the pool. `act` is elementwise, so
+/// every value is the same as from `matmul` followed by `act` over whole rows.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gated(
+    pool: &Pool,
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    scratch: &mut ActScratch,
+    (wg, wu): (&PackedMatrix, &PackedMatrix),
+    gate: &mut [f32],
+    up: &mut [f32],
+    act: fn(&mut [f32], &[f32]),
+) {
+    let (k, n) = (wg.k, wg.n);
+    assert!(wu.k == k && wu.n == n, "gate and up projections differ in shape");
+    assert_eq!(x.len(), m * k, "activations are not {m}x{k}");
+    assert!(gate.len() >= m * n && up.len() >= m * n, "output too small");
+    quantize_for(pool, isa, x, m, k, scratch, &[wg, wu]);
+    let (gp, up_) = (SendPtr(gate.as_mut_ptr()), SendPtr(up.as_mut_ptr()));
+    let scratch = &*scratch;
+    let nt = pool.threads();
+    pool.run(&|t| {
+        let ng = wg.n_groups();
+        let (g0, g1) = (ng * t / nt, ng * (t + 1) / nt);
+        if g0 >= g1 {
+            return;
+        }
+        for (w, out) in [(wg, gp), (wu, up_)] {
+            let qa = match w.act_style() {
+                ActStyle::Q8_0 => &scratch.q8_0,
+                ActStyle::Q8_K => &scratch.q8_k,
+            };
+            run_range(isa, w, x, m, qa, g0, g1, out.get(), n);
+        }
+        let (c0, c1) = (g0 * 16, (g1 * 16).min(n));
+        for r in 0..m {
+            // SAFETY: columns c0..c1 of every row belong to this thread alone,
+            // and both buffers hold m x n values.
+            let (g, u) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(gp.get().add(r * n + c0), c1 - c0),
+                    std::slice::from_raw_parts(up_.get().add(r * n + c0), c1 - c0),
+                )
+            };
+            act(g, u);
+        }
+    });
 }
 
 /// One matrix into a fresh m x w.n buffer, never zeroed first (for logits:
@@ -154,7 +207,7 @@ pub fn matmul_alloc(
     let mut out: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
     // SAFETY: MaybeUninit needs no initialization.
     unsafe { out.set_len(n) };
-    quantize_for(pool, x, m, w.k, scratch, std::slice::from_ref(&w));
+    quantize_for(pool, isa, x, m, w.k, scratch, std::slice::from_ref(&w));
     run_jobs(pool, isa, x, m, scratch, &[(w, SendPtr(out.as_mut_ptr() as *mut f32))]);
     let mut out = std::mem::ManuallyDrop::new(out);
     // SAFETY: every kernel writes every column of every row of its group
@@ -162,15 +215,13 @@ pub fn matmul_alloc(
     unsafe { Vec::from_raw_parts(out.as_mut_ptr() as *mut f32, n, out.capacity()) }
 }
 
-fn quantize_for(pool: &Pool, x: &[f32], m: usize, k: usize, scratch: &mut ActScratch, ws: &[&PackedMatrix]) {
+fn quantize_for(pool: &Pool, isa: Isa, x: &[f32], m: usize, k: usize, scratch: &mut ActScratch, ws: &[&PackedMatrix]) {
     let needs = |style| ws.iter().any(|w| w.kind != PackedKind::F32 && w.act_style() == style);
-    // Quantizing a few rows costs less than waking the pool.
+    // Quantizing a few rows costs less than waking the pool. The AVX-512
+    // kernels read the tiled copy alone.
     let quantize = |qa: &mut QuantActs, style| {
-        if m >= PAR_QUANTIZE_ROWS {
-            qa.quantize_par(pool, x, m, k, style)
-        } else {
-            qa.quantize(x, m, k, style)
-        }
+        let pool = (m >= PAR_QUANTIZE_ROWS).then_some(pool);
+        qa.quantize_par(pool, x, m, k, style, isa != Isa::Avx512Vnni)
     };
     if needs(ActStyle::Q8_0) {
         quantize(&mut scratch.q8_0, ActStyle::Q8_0);
