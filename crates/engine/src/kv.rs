@@ -5,6 +5,36 @@
 //! rolled back. Every position is kept (sliding-window layers mask by distance
 //! at attention time), so rolling back never loses a key that a later token in
 //! the window still needs.
+//!
+//! Dropped caches leave their buffers to the next cache of the same shape
+//! (`SPARES`): a request's cache is tens of MB, and fresh memory costs a page
+//! fault and a zeroed page per 4 KB on first touch (about 3 % of a prefill on
+//! this project's VM). Slots past a cache's length may hold stale values from
+//! a rollback or an earlier request; readers never let them through (the
+//! attention kernels weigh them 0, and `store` zeroes the other half of a
+//! bf16 value pair when it starts one, so no stale non-finite value can meet
+//! a 0 weight).
+
+use std::sync::Mutex;
+
+/// Buffers of dropped caches, at most `SPARE_COUNT` and `SPARE_BYTES` in all.
+static SPARES: Mutex<Vec<Spare>> = Mutex::new(Vec::new());
+const SPARE_COUNT: usize = 4;
+const SPARE_BYTES: usize = 1 << 30;
+/// A new cache allocates up to this many bytes at once (its whole capacity
+/// for a typical request), then grows by doubling, which copies.
+const EAGER_BYTES: usize = 64 << 20;
+
+/// A dropped cache's buffers and the shape they fit.
+struct Spare {
+    shape: (usize, usize, bool, bool),
+    alloc: usize,
+    bytes: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    k16: Vec<Vec<u16>>,
+    v16: Vec<Vec<u16>>,
+}
 
 pub struct KvCache {
     pub n_layers: usize,
@@ -37,24 +67,54 @@ impl KvCache {
     /// heads of `head_dim`): bf16 when the process's attention runs in bf16
     /// and the head size suits its kernels (a multiple of 32), else f32.
     pub fn new(n_layers: usize, kv_dim: usize, head_dim: usize, capacity: usize) -> KvCache {
-        KvCache {
-            n_layers,
-            kv_dim,
-            capacity,
-            len: 0,
-            alloc: 0,
-            values: true,
-            k: (0..n_layers).map(|_| Vec::new()).collect(),
-            v: (0..n_layers).map(|_| Vec::new()).collect(),
-            k16: (0..n_layers).map(|_| Vec::new()).collect(),
-            v16: (0..n_layers).map(|_| Vec::new()).collect(),
-            bf16: specdec_kernels::attn_math() == specdec_kernels::AttnMath::Bf16 && head_dim.is_multiple_of(32),
-        }
+        KvCache::with_values(n_layers, kv_dim, head_dim, capacity, true)
     }
 
     /// A cache of keys only (see `values`).
     pub fn keys_only(n_layers: usize, kv_dim: usize, head_dim: usize, capacity: usize) -> KvCache {
-        KvCache { values: false, ..KvCache::new(n_layers, kv_dim, head_dim, capacity) }
+        KvCache::with_values(n_layers, kv_dim, head_dim, capacity, false)
+    }
+
+    fn with_values(n_layers: usize, kv_dim: usize, head_dim: usize, capacity: usize, values: bool) -> KvCache {
+        let bf16 = specdec_kernels::attn_math() == specdec_kernels::AttnMath::Bf16 && head_dim.is_multiple_of(32);
+        let shape = (n_layers, kv_dim, bf16, values);
+        let spare = {
+            let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+            // The largest spare of this shape.
+            let best = (0..spares.len()).filter(|&i| spares[i].shape == shape).max_by_key(|&i| spares[i].alloc);
+            best.map(|i| spares.swap_remove(i))
+        };
+        fn empty<T>(n: usize) -> Vec<Vec<T>> {
+            (0..n).map(|_| Vec::new()).collect()
+        }
+        match spare {
+            Some(s) => KvCache {
+                n_layers,
+                kv_dim,
+                capacity,
+                len: 0,
+                alloc: s.alloc,
+                values,
+                k: s.k,
+                v: s.v,
+                k16: s.k16,
+                v16: s.v16,
+                bf16,
+            },
+            None => KvCache {
+                n_layers,
+                kv_dim,
+                capacity,
+                len: 0,
+                alloc: 0,
+                values,
+                k: empty(n_layers),
+                v: empty(n_layers),
+                k16: empty(n_layers),
+                v16: empty(n_layers),
+                bf16,
+            },
+        }
     }
 
     /// Number of positions held.
@@ -76,17 +136,27 @@ impl KvCache {
         if self.alloc >= new_len {
             return;
         }
-        let pos = new_len.max(self.alloc * 2).min(self.capacity).max(new_len);
+        let eager = EAGER_BYTES / self.bytes_per_token().max(1);
+        let pos = new_len.max(self.alloc * 2).max(eager).min(self.capacity).max(new_len);
         let d = self.kv_dim;
+        // A first allocation comes zeroed from the allocator (untouched pages
+        // are not written twice); growing copies and zeroes the new part.
+        fn grow<T: Clone + Default>(v: &mut Vec<T>, n: usize) {
+            if v.is_empty() {
+                *v = vec![T::default(); n];
+            } else if v.len() < n {
+                v.resize(n, T::default());
+            }
+        }
         for l in 0..self.n_layers {
             if self.bf16 {
-                self.k16[l].resize(pos * d, 0);
+                grow(&mut self.k16[l], pos * d);
                 // Whole pairs: a pair's odd slot exists before its key does.
-                self.v16[l].resize(pos.next_multiple_of(2) * d, 0);
+                grow(&mut self.v16[l], pos.next_multiple_of(2) * d);
             } else {
-                self.k[l].resize(pos * d, 0.0);
+                grow(&mut self.k[l], pos * d);
                 if self.values {
-                    self.v[l].resize(pos * d, 0.0);
+                    grow(&mut self.v[l], pos * d);
                 }
             }
         }
@@ -109,8 +179,17 @@ impl KvCache {
             }
             let v = if self.values { v } else { k };
             let pair = &mut self.v16[layer][(pos / 2) * 2 * d..(pos / 2 + 1) * 2 * d];
-            for (x, &val) in v.iter().enumerate() {
-                pair[2 * x + pos % 2] = bits(val);
+            if pos.is_multiple_of(2) {
+                // Starting a pair: its odd half is not a key yet; zero it (it
+                // may hold a stale value, even from an earlier request).
+                for (x, &val) in v.iter().enumerate() {
+                    pair[2 * x] = bits(val);
+                    pair[2 * x + 1] = 0;
+                }
+            } else {
+                for (x, &val) in v.iter().enumerate() {
+                    pair[2 * x + 1] = bits(val);
+                }
             }
         } else {
             self.k[layer][pos * d..(pos + 1) * d].copy_from_slice(k);
@@ -145,7 +224,7 @@ impl KvCache {
         self.len = n;
     }
 
-    /// Bytes of cache per position (all layers, K and V).
+    /// Bytes of cache per position (all layers, K and V) as stored.
     pub fn bytes_per_token(&self) -> usize {
         self.n_layers
             * self.kv_dim
@@ -156,5 +235,66 @@ impl KvCache {
             } else {
                 4
             }
+    }
+}
+
+impl Drop for KvCache {
+    /// Leaves the buffers to the next cache of this shape, within bounds.
+    fn drop(&mut self) {
+        if self.alloc == 0 {
+            return;
+        }
+        let bytes = self.alloc * self.bytes_per_token();
+        let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
+        let held: usize = spares.iter().map(|s| s.bytes).sum();
+        if spares.len() >= SPARE_COUNT || held + bytes > SPARE_BYTES {
+            return;
+        }
+        spares.push(Spare {
+            shape: (self.n_layers, self.kv_dim, self.bf16, self.values),
+            alloc: self.alloc,
+            bytes,
+            k: std::mem::take(&mut self.k),
+            v: std::mem::take(&mut self.v),
+            k16: std::mem::take(&mut self.k16),
+            v16: std::mem::take(&mut self.v16),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_cache_is_reused_and_a_new_pair_zeroes_its_stale_half() {
+        // A shape no other test uses, so the spare is this test's own.
+        let (layers, d, hd) = (3, 96, 32);
+        let mut c = KvCache::new(layers, d, hd, 10);
+        c.reserve(4);
+        for p in 0..4 {
+            for l in 0..layers {
+                c.store(l, p, &vec![1.5; d], &vec![-2.5; d]);
+            }
+        }
+        c.set_len(4);
+        let alloc = c.alloc;
+        drop(c);
+        let mut c = KvCache::new(layers, d, hd, 10);
+        assert_eq!(c.alloc, alloc, "the dropped cache's buffers were not reused");
+        assert!(c.is_empty());
+        c.reserve(1);
+        for l in 0..layers {
+            c.store(l, 0, &vec![0.75; d], &vec![3.0; d]);
+        }
+        c.set_len(1);
+        let (k, v) = c.layer(1);
+        assert!(k.iter().all(|&x| x == 0.75) && v.iter().all(|&x| x == 3.0));
+        if c.has_bf16() {
+            // Position 1 (the pair's odd half) held -2.5 from the old cache.
+            let (_, v16) = c.layer_bf16(2);
+            assert!((0..d).all(|x| v16[2 * x + 1] == 0), "a stale odd half survived a new pair");
+            assert!((0..d).all(|x| v16[2 * x] != 0));
+        }
     }
 }
