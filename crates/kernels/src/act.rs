@@ -250,12 +250,7 @@ impl QuantActs {
     /// Quantizes `x` (m rows of k, k a multiple of 32; of 256 for Q8_K) into
     /// both layouts, reusing buffers.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize, style: ActStyle) {
-        assert_eq!(x.len(), m * k, "activations {m}x{k}, len {}", x.len());
-        let raw = self.resize(m, k, style, true);
-        for r in 0..m {
-            // SAFETY: r < m, arrays sized for m x k, one thread.
-            unsafe { raw.quantize_blocks(x, r, 0, raw.blocks()) };
-        }
+        self.quantize_par(None, x, m, k, style, true);
     }
 
     /// As `quantize`, split over the pool's threads when there is a pool, and

@@ -132,7 +132,7 @@ pub fn matmul(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &mut ActScrat
             (j.w, SendPtr(j.out.as_mut_ptr()))
         })
         .collect();
-    run_jobs(pool, isa, x, m, scratch, &outs);
+    run_jobs(pool, isa, x, m, scratch, &outs, None);
 }
 
 /// A gated feed-forward's input side: `gate = x wg`, `up = x wu`, then
@@ -157,22 +157,8 @@ pub fn matmul_gated(
     assert_eq!(x.len(), m * k, "activations are not {m}x{k}");
     assert!(gate.len() >= m * n && up.len() >= m * n, "output too small");
     quantize_for(pool, isa, x, m, k, scratch, &[wg, wu]);
-    let (gp, up_) = (SendPtr(gate.as_mut_ptr()), SendPtr(up.as_mut_ptr()));
-    let scratch = &*scratch;
-    let nt = pool.threads();
-    pool.run(&|t| {
-        let ng = wg.n_groups();
-        let (g0, g1) = (ng * t / nt, ng * (t + 1) / nt);
-        if g0 >= g1 {
-            return;
-        }
-        for (w, out) in [(wg, gp), (wu, up_)] {
-            let qa = match w.act_style() {
-                ActStyle::Q8_0 => &scratch.q8_0,
-                ActStyle::Q8_K => &scratch.q8_k,
-            };
-            run_range(isa, w, x, m, qa, g0, g1, out.get(), n);
-        }
+    let (gp, upp) = (SendPtr(gate.as_mut_ptr()), SendPtr(up.as_mut_ptr()));
+    let activate = |g0: usize, g1: usize| {
         let (c0, c1) = (g0 * 16, (g1 * 16).min(n));
         for r in 0..m {
             // SAFETY: columns c0..c1 of every row belong to this thread alone,
@@ -180,12 +166,13 @@ pub fn matmul_gated(
             let (g, u) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(gp.get().add(r * n + c0), c1 - c0),
-                    std::slice::from_raw_parts(up_.get().add(r * n + c0), c1 - c0),
+                    std::slice::from_raw_parts(upp.get().add(r * n + c0), c1 - c0),
                 )
             };
             act(g, u);
         }
-    });
+    };
+    run_jobs(pool, isa, x, m, scratch, &[(wg, gp), (wu, upp)], Some(&activate));
 }
 
 /// One matrix into a fresh m x w.n buffer, never zeroed first (for logits:
@@ -208,7 +195,7 @@ pub fn matmul_alloc(
     // SAFETY: MaybeUninit needs no initialization.
     unsafe { out.set_len(n) };
     quantize_for(pool, isa, x, m, w.k, scratch, std::slice::from_ref(&w));
-    run_jobs(pool, isa, x, m, scratch, &[(w, SendPtr(out.as_mut_ptr() as *mut f32))]);
+    run_jobs(pool, isa, x, m, scratch, &[(w, SendPtr(out.as_mut_ptr() as *mut f32))], None);
     let mut out = std::mem::ManuallyDrop::new(out);
     // SAFETY: every kernel writes every column of every row of its group
     // range, and the ranges cover all n columns; MaybeUninit<f32> has f32's layout.
@@ -232,19 +219,35 @@ fn quantize_for(pool: &Pool, isa: Isa, x: &[f32], m: usize, k: usize, scratch: &
 }
 
 /// Every output column range of every job, split over the pool's threads.
-/// Each job's output must cover m x w.n.
-fn run_jobs(pool: &Pool, isa: Isa, x: &[f32], m: usize, scratch: &ActScratch, outs: &[(&PackedMatrix, SendPtr)]) {
+/// Each job's output must cover m x w.n. `after(g0, g1)` runs on each thread
+/// once its ranges are done, with its weight groups of the first job.
+#[allow(clippy::too_many_arguments)]
+fn run_jobs(
+    pool: &Pool,
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    scratch: &ActScratch,
+    outs: &[(&PackedMatrix, SendPtr)],
+    after: Option<&(dyn Fn(usize, usize) + Sync)>,
+) {
     let nt = pool.threads();
+    let share = |w: &PackedMatrix, t: usize| (w.n_groups() * t / nt, w.n_groups() * (t + 1) / nt);
     pool.run(&|t| {
         for (w, out) in outs {
-            let ng = w.n_groups();
-            let (g0, g1) = (ng * t / nt, ng * (t + 1) / nt);
+            let (g0, g1) = share(w, t);
             if g0 < g1 {
                 let qa = match w.act_style() {
                     ActStyle::Q8_0 => &scratch.q8_0,
                     ActStyle::Q8_K => &scratch.q8_k,
                 };
                 run_range(isa, w, x, m, qa, g0, g1, out.get(), w.n);
+            }
+        }
+        if let (Some(f), Some((w, _))) = (after, outs.first()) {
+            let (g0, g1) = share(w, t);
+            if g0 < g1 {
+                f(g0, g1);
             }
         }
     });
