@@ -10,11 +10,10 @@
 //! (`SPARES`): a request's cache is tens of MB, and fresh memory costs a page
 //! fault and a zeroed page per 4 KB on first touch (28 MB: 11-14 ms on this
 //! project's VM, against 1 ms for memory already touched). Slots past a
-//! cache's length may hold stale values from
-//! a rollback or an earlier request; readers never let them through (the
-//! attention kernels weigh them 0, and `store` zeroes the other half of a
-//! bf16 value pair when it starts one, so no stale non-finite value can meet
-//! a 0 weight).
+//! cache's length may hold stale values from a rollback or an earlier
+//! request; readers never let them through (the attention kernels weigh them
+//! 0, and `store` zeroes the other half of a bf16 value pair when it starts
+//! one, so no stale non-finite value can meet a 0 weight).
 
 use std::sync::Mutex;
 

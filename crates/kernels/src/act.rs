@@ -21,6 +21,9 @@ pub enum ActStyle {
     Q8_K,
 }
 
+/// Row-major arrays for the scalar and AVX2 kernels (empty after a
+/// quantization for the AVX-512 kernels alone, see `quantize_par`), and the
+/// same values tiled for the AVX-512 kernels.
 #[derive(Default, Clone)]
 pub struct QuantActs {
     pub m: usize,
