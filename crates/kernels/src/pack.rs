@@ -92,6 +92,13 @@ pub struct AlignedBytes {
     pad: usize,
 }
 
+impl Default for AlignedBytes {
+    /// Empty, without allocating.
+    fn default() -> Self {
+        AlignedBytes { raw: Vec::new(), len: 0, pad: 0 }
+    }
+}
+
 impl AlignedBytes {
     pub fn zeroed(len: usize) -> Self {
         let raw = vec![0u128; len.div_ceil(16) + 4];

@@ -162,6 +162,37 @@ fn simd_equals_scalar_bit_for_bit_and_is_batch_invariant() {
     }
 }
 
+/// Passes of 57+ rows decode each L2-sized panel of weight groups once and
+/// let every row tile read the decoded bytes (`avx512::matmul_q`); the sums
+/// must stay those of the scalar kernel and of each row alone. 2048 inputs
+/// make a panel 6 groups, so each thread's 20 groups end in a short one.
+#[test]
+fn prompt_sized_passes_through_decoded_panels_equal_scalar() {
+    if !avx512::available() {
+        return;
+    }
+    let mut rng = Rng(777);
+    let pool = Pool::new(2);
+    let (n, k, m) = (640, 2048, 70);
+    for ty in TYPES {
+        let data = random_matrix(ty, n, k, &mut rng);
+        let w = PackedMatrix::from_gguf(ty, &data, n, k).unwrap();
+        let x = random_acts(m, k, &mut rng);
+        let mut qa = ActScratch::default();
+        let (mut simd, mut sc) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+        matmul(&pool, Isa::Avx512Vnni, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut simd }]);
+        matmul(&pool, Isa::Scalar, &x, m, &mut qa, &mut [MatmulJob { w: &w, out: &mut sc }]);
+        assert!(sc.iter().any(|&v| v != 0.0));
+        assert_eq!(simd, sc, "{ty}, {m} rows in panels: SIMD and scalar differ");
+        for r in [0, 31, 69] {
+            let mut one = vec![0f32; n];
+            let xr = &x[r * k..(r + 1) * k];
+            matmul(&pool, Isa::Avx512Vnni, xr, 1, &mut qa, &mut [MatmulJob { w: &w, out: &mut one }]);
+            assert_eq!(&one[..], &simd[r * n..(r + 1) * n], "{ty}: row {r} of {m} depends on the batch");
+        }
+    }
+}
+
 #[test]
 fn float_weights_use_the_exact_path() {
     let mut rng = Rng(777);
