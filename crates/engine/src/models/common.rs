@@ -198,7 +198,7 @@ pub fn attention(pool: &Pool, isa: Isa, shape: AttnShape, caches: &[LayerKv], ro
     // Blocks of even height: 12 rows go as 6 + 6, not 8 + 4, which left one
     // thread attending twice the rows of the other (9-11-row verify passes
     // 3-5 % faster at a 900-token context; prompts keep blocks of 16).
-    rb = m.div_ceil(m.div_ceil(rb)).max(1);
+    rb = m.div_ceil(m.div_ceil(rb).max(1)).max(1);
     // Blocks of consecutive rows of one sequence: (first row, rows).
     let mut blocks: Vec<(usize, usize)> = Vec::with_capacity(m.div_ceil(rb));
     for i in 0..m {

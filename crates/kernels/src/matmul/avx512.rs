@@ -307,7 +307,7 @@ unsafe fn tile<const KIND: u8, const MT: usize, const DECODED: bool>(
             pf.step();
             // From a decoded panel each chunk is loaded where it is used,
             // leaving the registers to the accumulators (Q4_K, Q6_K: 1-3 %).
-            let d = opaque(dec.wrapping_add(((g - g0) * nb + b) * DECODED_RECORD));
+            let d = if DECODED { opaque(dec.wrapping_add(((g - g0) * nb + b) * DECODED_RECORD)) } else { dec };
             let u = if DECODED { [_mm512_setzero_si512(); 8] } else { decode::<KIND>(rec) };
             let uj = |j: usize| if DECODED { _mm512_load_si512(d.add(64 * j) as *const _) } else { u[j] };
             // This record's activations and per-block words for the tile's
