@@ -114,10 +114,22 @@ impl RawActs {
     /// `r < m`, `i1 <= self.blocks()`, `x.len() == m * k`, the arrays sized by
     /// `QuantActs::resize`, and no other thread writes these blocks meanwhile.
     unsafe fn quantize_blocks(&self, x: &[f32], r: usize, i0: usize, i1: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::matmul::isa() == crate::matmul::Isa::Avx512Vnni {
+            return self.quantize_blocks_avx512(x, r, i0, i1);
+        }
+        self.quantize_blocks_scalar(x, r, i0, i1)
+    }
+
+    /// `quantize_blocks` in plain Rust, a block at a time through a staging
+    /// copy.
+    ///
+    /// # Safety
+    /// As `quantize_blocks`.
+    unsafe fn quantize_blocks_scalar(&self, x: &[f32], r: usize, i0: usize, i1: usize) {
         let (k, style) = (self.k, self.style);
         let nb = k / 32;
         let blk = if style == ActStyle::Q8_K { 256 } else { 32 };
-        let simd = crate::matmul::isa() == crate::matmul::Isa::Avx512Vnni;
         let t0 = r - r % TILE;
         let (mt, ti) = ((self.m - t0).min(TILE), r - t0);
         // One block's values and 16-sums, before they go to their places.
@@ -126,23 +138,8 @@ impl RawActs {
             let xb = &x[r * k + i * blk..r * k + (i + 1) * blk];
             let (q, s16, dq) = (&mut q[..blk], &mut s16[..blk / 16], &mut dq[..blk / 32]);
             let di = match style {
-                ActStyle::Q8_0 => {
-                    #[cfg(target_arch = "x86_64")]
-                    let amax = if simd {
-                        // SAFETY: the ISA check covers AVX-512 F/BW/DQ.
-                        crate::matmul::avx512::quantize_block_q8_0(xb, q, s16)
-                    } else {
-                        quantize_q8_0_scalar(xb, q, s16)
-                    };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    let amax = quantize_q8_0_scalar(xb, q, s16);
-                    f16::from_f32(amax / 127.0).to_f32()
-                }
+                ActStyle::Q8_0 => f16::from_f32(quantize_q8_0_scalar(xb, q, s16) / 127.0).to_f32(),
                 ActStyle::Q8_K => {
-                    #[cfg(target_arch = "x86_64")]
-                    let (amax, max) =
-                        if simd { crate::matmul::avx512::signed_absmax(xb) } else { signed_absmax_scalar(xb) };
-                    #[cfg(not(target_arch = "x86_64"))]
                     let (amax, max) = signed_absmax_scalar(xb);
                     if amax == 0.0 {
                         q.fill(0);
@@ -150,13 +147,6 @@ impl RawActs {
                         0.0
                     } else {
                         let iscale = -127.0 / max;
-                        #[cfg(target_arch = "x86_64")]
-                        if simd {
-                            crate::matmul::avx512::quantize_block_q8_k(xb, iscale, q, s16);
-                        } else {
-                            quantize_q8_k_scalar(xb, iscale, q, s16);
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
                         quantize_q8_k_scalar(xb, iscale, q, s16);
                         1.0 / iscale
                     }
@@ -191,6 +181,79 @@ impl RawActs {
                     *(t16 as *mut i32).add(at) = c16;
                     *(t32 as *mut i32).add(2 * at) = -32 * s0;
                     *(t32 as *mut i32).add(2 * at + 1) = -32 * s1;
+                }
+            }
+        }
+    }
+}
+
+impl RawActs {
+    /// `quantize_blocks` with the AVX-512 block quantizers, which write each
+    /// 32-block's values straight to their place (the tiled copy, when there
+    /// is one, else the row-major array) and return its sums in registers.
+    /// Same values as the scalar path (`simd_quantization_equals_scalar`).
+    ///
+    /// # Safety
+    /// As `quantize_blocks`, and the CPU has the AVX-512 kernels.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn quantize_blocks_avx512(&self, x: &[f32], r: usize, i0: usize, i1: usize) {
+        use crate::matmul::avx512::{quantize32_q8_0, quantize32_q8_k, signed_absmax};
+        let k = self.k;
+        let nb = k / 32;
+        let t0 = r - r % TILE;
+        let (mt, ti) = ((self.m - t0).min(TILE), r - t0);
+        let xr = x[r * k..(r + 1) * k].as_ptr();
+        // Where 32-block b's values go first.
+        let qdst = |b: usize| match self.tiled {
+            Some([tq, ..]) => (tq as *mut i8).add((t0 * nb + b * mt + ti) * 32),
+            None => self.qs.add(r * k + b * 32),
+        };
+        // Everything else of 32-block b: scale di, 16-sums s0 and s1.
+        let put = |b: usize, di: f32, s0: i32, s1: i32| {
+            let sum = s0 + s1;
+            let (c128, c16, ds) = (-128 * sum, -16 * sum, di * sum as f32);
+            if self.row_major {
+                let at = r * nb + b;
+                if self.tiled.is_some() {
+                    std::ptr::copy_nonoverlapping(qdst(b), self.qs.add(at * 32), 32);
+                }
+                *self.sum16.add(2 * at) = s0;
+                *self.sum16.add(2 * at + 1) = s1;
+                *self.d.add(at) = di;
+                *self.corr128.add(at) = c128;
+                *self.corr16.add(at) = c16;
+                *self.dsum.add(at) = ds;
+                *self.corr32.add(2 * at) = -32 * s0;
+                *self.corr32.add(2 * at + 1) = -32 * s1;
+            }
+            if let Some([_, td, tds, t128, t16, t32]) = self.tiled {
+                let at = t0 * nb + b * mt + ti;
+                *(td as *mut f32).add(at) = di;
+                *(tds as *mut f32).add(at) = ds;
+                *(t128 as *mut i32).add(at) = c128;
+                *(t16 as *mut i32).add(at) = c16;
+                *(t32 as *mut i32).add(2 * at) = -32 * s0;
+                *(t32 as *mut i32).add(2 * at + 1) = -32 * s1;
+            }
+        };
+        match self.style {
+            ActStyle::Q8_0 => {
+                for b in i0..i1 {
+                    let (amax, s0, s1) = quantize32_q8_0(xr.add(b * 32), qdst(b));
+                    put(b, f16::from_f32(amax / 127.0).to_f32(), s0, s1);
+                }
+            }
+            ActStyle::Q8_K => {
+                for i in i0..i1 {
+                    let xb = std::slice::from_raw_parts(xr.add(i * 256), 256);
+                    let (amax, max) = signed_absmax(xb);
+                    // An all-zero block: zero values and scale, as the scalar path.
+                    let iscale = if amax == 0.0 { 0.0 } else { -127.0 / max };
+                    let di = if amax == 0.0 { 0.0 } else { 1.0 / iscale };
+                    for b in i * 8..i * 8 + 8 {
+                        let (s0, s1) = quantize32_q8_k(xr.add(b * 32), iscale, qdst(b));
+                        put(b, di, s0, s1);
+                    }
                 }
             }
         }
@@ -359,21 +422,64 @@ mod tests {
                     x.iter_mut().take(32).for_each(|v| *v = 0.0);
                 }
                 let (mut q1, mut q2) = (vec![0i8; 32], vec![0i8; 32]);
-                let (mut s1, mut s2) = (vec![0; 2], vec![0; 2]);
+                let mut s1 = vec![0; 2];
                 let a1 = quantize_q8_0_scalar(&x[..32], &mut q1, &mut s1);
-                let a2 = unsafe { crate::matmul::avx512::quantize_block_q8_0(&x[..32], &mut q2, &mut s2) };
+                let (a2, s20, s21) = unsafe { crate::matmul::avx512::quantize32_q8_0(x.as_ptr(), q2.as_mut_ptr()) };
                 let mut y = x.clone();
                 y[200] = -y.iter().fold(0f32, |a, v| a.max(v.abs())); // a tie of magnitudes, opposite signs
                 y[201] = -y[200];
                 for xs in [&x[..], &y[..], &x[..32], &x[..16], &x[..17]] {
                     assert_eq!(signed_absmax_scalar(xs), unsafe { crate::matmul::avx512::signed_absmax(xs) });
                 }
-                assert_eq!((a1, &q1, &s1), (a2, &q2, &s2));
+                assert_eq!((a1, &q1, &s1), (a2, &q2, &vec![s20, s21]));
                 let (mut k1, mut k2) = (vec![0i8; 256], vec![0i8; 256]);
                 let (mut t1, mut t2) = (vec![0; 16], vec![0; 16]);
                 quantize_q8_k_scalar(&x, -127.0 / 3.3, &mut k1, &mut t1);
-                unsafe { crate::matmul::avx512::quantize_block_q8_k(&x, -127.0 / 3.3, &mut k2, &mut t2) };
+                for j in 0..8 {
+                    let (a, b) = unsafe {
+                        crate::matmul::avx512::quantize32_q8_k(
+                            x.as_ptr().add(32 * j),
+                            -127.0 / 3.3,
+                            k2.as_mut_ptr().add(32 * j),
+                        )
+                    };
+                    (t2[2 * j], t2[2 * j + 1]) = (a, b);
+                }
                 assert_eq!((&k1, &t1), (&k2, &t2));
+            }
+        }
+    }
+
+    /// Both kernels' paths through `QuantActs` (the AVX-512 one writes the
+    /// tiled copy directly) give the same row-major arrays and tiled copy.
+    #[test]
+    fn simd_and_scalar_quantization_fill_the_same_arrays() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::matmul::avx512::available() {
+            for (style, k) in [(ActStyle::Q8_0, 640), (ActStyle::Q8_K, 1024)] {
+                for m in [1, 3, 8, 11] {
+                    let mut x = data(m * k, m as u32 * 7 + k as u32);
+                    x[..256].iter_mut().for_each(|v| *v = 0.0); // all-zero blocks
+                    let mut a = QuantActs::default();
+                    a.quantize(&x, m, k, style);
+                    let raw = |q: &mut QuantActs| q.resize(m, k, style, true);
+                    let mut b = QuantActs::default();
+                    let rb = raw(&mut b);
+                    for r in 0..m {
+                        // SAFETY: one thread, arrays sized by `resize`.
+                        unsafe { rb.quantize_blocks_scalar(&x, r, 0, rb.blocks()) };
+                    }
+                    assert_eq!(
+                        (&a.qs, &a.d, &a.sum16, &a.corr128, &a.corr16),
+                        (&b.qs, &b.d, &b.sum16, &b.corr128, &b.corr16)
+                    );
+                    assert_eq!((&a.dsum, &a.corr32), (&b.dsum, &b.corr32));
+                    let (ta, tb) = (&a.tiled, &b.tiled);
+                    assert_eq!(
+                        (&ta.qs, &ta.d, &ta.dsum, &ta.corr128, &ta.corr16, &ta.corr32),
+                        (&tb.qs, &tb.d, &tb.dsum, &tb.corr128, &tb.corr16, &tb.corr32)
+                    );
+                }
             }
         }
     }

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::verify::{verify, Dist};
+use super::verify::{verify, verify_lazy};
 use super::Draft;
 use super::{Controller, Drafter};
 use crate::generate::GenStats;
@@ -234,17 +234,14 @@ impl Session {
         self.stats.target_passes += 1;
         let draft = std::mem::take(&mut self.pending);
         let k = draft.len();
+        // p_i is computed when the verifier reaches row i (its history: the
+        // context and the draft before it).
         let mut hist = self.ctx.clone();
-        let p: Vec<Dist> = (0..=k)
-            .map(|i| {
-                let d = probs(&logits[i * n_vocab..(i + 1) * n_vocab], &self.params, &hist);
-                if i < k {
-                    hist.push(draft.tokens[i]);
-                }
-                d
-            })
-            .collect();
-        let v = verify(&draft.tokens, &draft.q, &p, &mut self.rng);
+        let p = |i: usize| {
+            hist.extend_from_slice(&draft.tokens[hist.len() - self.ctx.len()..i]);
+            probs(&logits[i * n_vocab..(i + 1) * n_vocab], &self.params, &hist)
+        };
+        let v = verify_lazy(&draft.tokens, &draft.q, p, &mut self.rng);
         let next_hit = self.pending_next.take().map(|t| t == v.bonus);
         ctl.observe(draft.source, draft.class, k, v.accepted, next_hit, secs);
         self.cache.truncate(self.base + 1 + v.accepted);

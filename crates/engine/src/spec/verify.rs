@@ -36,37 +36,47 @@ fn prob_of(d: &[(u32, f32)], t: u32) -> f32 {
 /// has probability 0: it is rejected, never a panic.
 pub fn verify(draft: &[u32], q: &[Dist], p: &[Dist], rng: &mut Rng) -> Verdict {
     assert_eq!(p.len(), draft.len() + 1, "need k + 1 target distributions");
+    verify_lazy(draft, q, |i| p[i].clone(), rng)
+}
+
+/// `verify` with p_i computed on demand by `p(i)`, called once per position
+/// in order and never past the first rejection: a pass's later rows cost
+/// nothing to verify (their argmax over the vocabulary, or their sort when
+/// sampling) once an earlier token is rejected. The same verdict as `verify`
+/// on the same distributions.
+pub fn verify_lazy(draft: &[u32], q: &[Dist], mut p: impl FnMut(usize) -> Dist, rng: &mut Rng) -> Verdict {
     if q.is_empty() {
         for (i, &x) in draft.iter().enumerate() {
-            let t = sample(&p[i], rng);
+            let t = sample(&p(i), rng);
             if t != x {
                 return Verdict { accepted: i, bonus: t };
             }
         }
-        let bonus = sample(&p[draft.len()], rng);
+        let bonus = sample(&p(draft.len()), rng);
         return Verdict { accepted: draft.len(), bonus };
     }
     assert_eq!(q.len(), draft.len(), "one q per draft token");
     for (i, &x) in draft.iter().enumerate() {
-        let (px, qx) = (prob_of(&p[i], x), prob_of(&q[i], x));
+        let pi = p(i);
+        let (px, qx) = (prob_of(&pi, x), prob_of(&q[i], x));
         let u = rng.uniform() as f32;
         if qx > 0.0 && u * qx < px {
             continue; // accepted with probability min(1, px / qx)
         }
         // Residual max(0, p - q), renormalised by `draw`'s cumulative walk.
         let mut res: Dist =
-            p[i].iter().map(|&(t, pt)| (t, (pt - prob_of(&q[i], t)).max(0.0))).filter(|c| c.1 > 0.0).collect();
+            pi.iter().map(|&(t, pt)| (t, (pt - prob_of(&q[i], t)).max(0.0))).filter(|c| c.1 > 0.0).collect();
         let total: f32 = res.iter().map(|c| c.1).sum();
         let bonus = if total > 0.0 {
             res.iter_mut().for_each(|c| c.1 /= total);
             draw(&res, rng)
         } else {
             // p == q exactly: any draw from p is correct.
-            sample(&p[i], rng)
+            sample(&pi, rng)
         };
         return Verdict { accepted: i, bonus };
     }
-    Verdict { accepted: draft.len(), bonus: sample(&p[draft.len()], rng) }
+    Verdict { accepted: draft.len(), bonus: sample(&p(draft.len()), rng) }
 }
 
 /// One draw from a distribution; a point mass consumes no randomness (greedy).
@@ -95,6 +105,47 @@ mod tests {
         assert_eq!(verify(&[4, 6, 9], &[], &p, &mut rng), Verdict { accepted: 0, bonus: 5 });
         // Out-of-vocabulary draft ids are rejections.
         assert_eq!(verify(&[u32::MAX], &[], &p[..2], &mut rng), Verdict { accepted: 0, bonus: 5 });
+    }
+
+    #[test]
+    fn lazy_verification_stops_at_the_first_rejection_with_the_same_verdict() {
+        let p = vec![point(5), point(6), point(9), point(1)];
+        for draft in [[5, 6, 7], [5, 6, 9], [4, 6, 9]] {
+            let mut asked = Vec::new();
+            let lazy = verify_lazy(
+                &draft,
+                &[],
+                |i| {
+                    asked.push(i);
+                    p[i].clone()
+                },
+                &mut Rng::new(1),
+            );
+            assert_eq!(lazy, verify(&draft, &[], &p, &mut Rng::new(1)));
+            // Rows up to the rejected one (or the bonus row), in order, once each.
+            assert_eq!(asked, (0..=lazy.accepted).collect::<Vec<_>>(), "{draft:?}");
+        }
+        // Sampled drafts: the same verdict and rng stream as `verify`.
+        let mut g = Rng::new(3);
+        let p: Vec<Dist> = (0..4).map(|_| random_dist(6, &mut g, None)).collect();
+        let q: Vec<Dist> = (0..3).map(|_| random_dist(6, &mut g, None)).collect();
+        for seed in 0..50 {
+            let draft = [seed as u32 % 6, (seed as u32 / 6) % 6, 2];
+            let (mut r1, mut r2) = (Rng::new(seed), Rng::new(seed));
+            let mut asked = 0;
+            let lazy = verify_lazy(
+                &draft,
+                &q,
+                |i| {
+                    asked += 1;
+                    p[i].clone()
+                },
+                &mut r1,
+            );
+            assert_eq!(lazy, verify(&draft, &q, &p, &mut r2));
+            assert_eq!(asked, lazy.accepted + 1);
+            assert_eq!(r1.uniform(), r2.uniform());
+        }
     }
 
     /// Upper critical value of chi-square with `df` degrees of freedom at the

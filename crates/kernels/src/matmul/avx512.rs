@@ -30,6 +30,8 @@ const PREFETCH_AHEAD: usize = 16 * 1024;
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512dq")
+        && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("f16c")
         && is_x86_feature_detected!("fma")
@@ -485,21 +487,82 @@ pub unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// Q8_0-style quantization of one 32-block (see `act.rs`); returns the scale.
-#[target_feature(enable = "avx512f,avx512bw,avx512dq")]
-pub unsafe fn quantize_block_q8_0(x: &[f32], q: &mut [i8], sum16: &mut [i32]) -> f32 {
-    let a = _mm512_loadu_ps(x.as_ptr());
-    let b = _mm512_loadu_ps(x.as_ptr().add(16));
+/// `ops::rmsnorm` with the sum of squares in four 8-lane f64 chains, the
+/// same sums in the same order as `ops::sum_squares`.
+#[target_feature(enable = "avx512f,fma")]
+pub unsafe fn rmsnorm(x: &mut [f32], w: &[f32], eps: f32) {
+    use crate::ops::SQ_LANES;
+    let n = x.len();
+    let p = x.as_ptr();
+    let mut acc = [_mm512_setzero_pd(); 4];
+    let mut i = 0;
+    while i + SQ_LANES <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let v = _mm512_cvtps_pd(_mm256_loadu_ps(p.add(i + 8 * j)));
+            *a = _mm512_fmadd_pd(v, v, *a);
+        }
+        i += SQ_LANES;
+    }
+    let t = _mm512_add_pd(_mm512_add_pd(acc[0], acc[1]), _mm512_add_pd(acc[2], acc[3]));
+    let u = _mm256_add_pd(_mm512_castpd512_pd256(t), _mm512_extractf64x4_pd::<1>(t));
+    let v = _mm_add_pd(_mm256_castpd256_pd128(u), _mm256_extractf128_pd::<1>(u));
+    let mut total = _mm_cvtsd_f64(v) + _mm_cvtsd_f64(_mm_unpackhi_pd(v, v));
+    for &r in &x[i..] {
+        total += (r as f64) * (r as f64);
+    }
+    let scale = 1.0 / ((total / n as f64) as f32 + eps).sqrt();
+    let sv = _mm512_set1_ps(scale);
+    let m = n.min(w.len());
+    let (xp, wp) = (x.as_mut_ptr(), w.as_ptr());
+    let mut i = 0;
+    while i < m {
+        let k: __mmask16 = if m - i >= 16 { 0xFFFF } else { (1u16 << (m - i)) - 1 };
+        let y =
+            _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(k, xp.add(i)), sv), _mm512_maskz_loadu_ps(k, wp.add(i)));
+        _mm512_mask_storeu_ps(xp.add(i), k, y);
+        i += 16;
+    }
+}
+
+/// Q8_0-style quantization of the 32-block at `x` into `q` (32 bytes, one
+/// store); returns amax and the sums of the two 16-halves. The values go
+/// straight to their destination and the sums stay in registers: staging
+/// them in narrower stores and reloading them stalled store forwarding.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+#[inline]
+pub unsafe fn quantize32_q8_0(x: *const f32, q: *mut i8) -> (f32, i32, i32) {
+    let a = _mm512_loadu_ps(x);
+    let b = _mm512_loadu_ps(x.add(16));
     let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let idv = _mm512_set1_ps(id);
     let qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, idv));
     let qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, idv));
-    _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(qa));
-    _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(qb));
-    sum16[0] = _mm512_reduce_add_epi32(qa);
-    sum16[1] = _mm512_reduce_add_epi32(qb);
-    amax
+    store32(q, qa, qb);
+    (amax, _mm512_reduce_add_epi32(qa), _mm512_reduce_add_epi32(qb))
+}
+
+/// Q8_K-style quantization of 32 values of a 256-block with the block's
+/// `iscale`, into `q` (one store); returns the sums of the two 16-halves.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[inline]
+pub unsafe fn quantize32_q8_k(x: *const f32, iscale: f32, q: *mut i8) -> (i32, i32) {
+    let isv = _mm512_set1_ps(iscale);
+    let (lo, hi) = (_mm512_set1_epi32(-128), _mm512_set1_epi32(127));
+    // Clamp like the scalar path (min 127, then saturating cast).
+    let cv = |v: __m512| _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, isv)), hi), lo);
+    let qa = cv(_mm512_loadu_ps(x));
+    let qb = cv(_mm512_loadu_ps(x.add(16)));
+    store32(q, qa, qb);
+    (_mm512_reduce_add_epi32(qa), _mm512_reduce_add_epi32(qb))
+}
+
+/// The low bytes of 32 int32 lanes at `q`, in one 256-bit store.
+#[target_feature(enable = "avx512f,avx512vl")]
+#[inline]
+unsafe fn store32(q: *mut i8, qa: __m512i, qb: __m512i) {
+    let v = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(qa)), _mm512_cvtepi32_epi8(qb));
+    _mm256_storeu_si256(q as *mut __m256i, v);
 }
 
 /// The largest |v| of `x` and the first value that has it (a Q8_K block's
@@ -532,20 +595,6 @@ pub unsafe fn signed_absmax(x: &[f32]) -> (f32, f32) {
     }
     let first = i + x[i..].iter().position(|v| v.abs() == amax).unwrap_or(0);
     (amax, x[first.min(x.len() - 1)])
-}
-
-/// Q8_K-style quantization of one 256-block with scale `iscale`.
-#[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn quantize_block_q8_k(x: &[f32], iscale: f32, q: &mut [i8], sum16: &mut [i32]) {
-    let isv = _mm512_set1_ps(iscale);
-    let (lo, hi) = (_mm512_set1_epi32(-128), _mm512_set1_epi32(127));
-    for i in 0..16 {
-        let v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x.as_ptr().add(16 * i)), isv));
-        // Clamp like the scalar path (min 127, then saturating cast).
-        let v = _mm512_max_epi32(_mm512_min_epi32(v, hi), lo);
-        _mm_storeu_si128(q.as_mut_ptr().add(16 * i) as *mut __m128i, _mm512_cvtepi32_epi8(v));
-        sum16[i] = _mm512_reduce_add_epi32(v);
-    }
 }
 
 /// g = gelu(g) * u with ggml's f16-table GELU (`table` maps f16 bits to the
