@@ -569,13 +569,22 @@ unsafe fn store32(q: *mut i8, qa: __m512i, qb: __m512i) {
 /// signed max); `(0, 0)` for an all-zero block. Same answer as the scalar scan.
 #[target_feature(enable = "avx512f,avx512dq")]
 pub unsafe fn signed_absmax(x: &[f32]) -> (f32, f32) {
-    let mut m = _mm512_setzero_ps();
+    // Four chains (max is exact, so their order does not matter). `vmaxps`
+    // returns its second operand when either is NaN: a NaN never wins, as
+    // in the scalar scan.
+    let mut m = [_mm512_setzero_ps(); 4];
     let mut i = 0;
+    while i + 64 <= x.len() {
+        for (j, m) in m.iter_mut().enumerate() {
+            *m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(i + 16 * j))), *m);
+        }
+        i += 64;
+    }
     while i + 16 <= x.len() {
-        m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(i))));
+        m[0] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x.as_ptr().add(i))), m[0]);
         i += 16;
     }
-    let mut amax = _mm512_reduce_max_ps(m);
+    let mut amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3])));
     for &v in &x[i..] {
         amax = amax.max(v.abs());
     }
