@@ -5,7 +5,13 @@ use std::time::Instant;
 
 use crate::rng::Rng;
 use crate::sampler::{sample, SamplingParams};
-use crate::{EngineError, LogitRows, Model};
+use crate::{EngineError, KvCache, LogitRows, Model};
+
+/// A pass's last row: its logits, or only their argmax.
+enum Out {
+    Logits(Vec<f32>),
+    Argmax(Vec<u32>),
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct GenStats {
@@ -56,12 +62,25 @@ pub fn generate(
     }
     let mut rng = Rng::new(params.seed);
     let mut history: Vec<u32> = prompt.to_vec();
+    // Greedy without penalties reads only the argmax: the pass finds it
+    // without writing out the logits.
+    let argmax_only = params.argmax_suffices();
+    let pass = |cache: &mut KvCache, tokens: &[u32]| -> Result<Out, EngineError> {
+        Ok(if argmax_only {
+            Out::Argmax(model.forward_argmax(cache, tokens, LogitRows::Last)?)
+        } else {
+            Out::Logits(model.forward(cache, tokens, LogitRows::Last)?)
+        })
+    };
     let t0 = Instant::now();
-    let mut logits = model.forward(&mut cache, prompt, LogitRows::Last)?;
+    let mut scores = pass(&mut cache, prompt)?;
     stats.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     loop {
-        let t = sample(&logits, params, &history, &mut rng);
+        let t = match &scores {
+            Out::Argmax(ids) => ids[0],
+            Out::Logits(logits) => sample(logits, params, &history, &mut rng),
+        };
         out.push(t);
         history.push(t);
         on_token(t);
@@ -72,7 +91,7 @@ pub fn generate(
         if out.len() >= max_new {
             break;
         }
-        logits = model.forward(&mut cache, &[t], LogitRows::Last)?;
+        scores = pass(&mut cache, &[t])?;
         stats.target_passes += 1;
     }
     stats.decode_s = t1.elapsed().as_secs_f64();

@@ -79,6 +79,15 @@ pub enum LogitRows {
     None,
 }
 
+/// A pass's rows as the sampler or verifier reads them: logits (`n_vocab`
+/// per row) or, where the argmax is all that is read
+/// (`SamplingParams::argmax_suffices`), only that.
+#[derive(Clone, Copy, Debug)]
+pub enum Scores<'a> {
+    Logits(&'a [f32]),
+    Argmax(&'a [u32]),
+}
+
 /// A causal language model.
 pub trait Model: Send + Sync {
     fn vocab_size(&self) -> usize;
@@ -88,6 +97,15 @@ pub trait Model: Send + Sync {
     /// Runs `tokens` at positions `cache.len()..` and appends them to the cache.
     /// Returns logits, `vocab_size` per requested row.
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError>;
+    /// As `forward`, but only each requested row's argmax (the greedy token,
+    /// `sampler::argmax`'s rules): all that greedy decoding and greedy
+    /// verification without penalties read. A model may find it without
+    /// writing the logits out (`Gemma3`: 1 MB per row of a verify pass).
+    fn forward_argmax(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<u32>, EngineError> {
+        let n = self.vocab_size();
+        let logits = self.forward(cache, tokens, rows)?;
+        Ok(logits.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect())
+    }
     /// Several sequences (each with its own cache) in one pass, so weights are
     /// read once for all of them. Each sequence's logits equal what `forward`
     /// gives it alone, bit for bit (rows never mix). On error no cache changes.
@@ -108,6 +126,13 @@ pub trait Model: Send + Sync {
     ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
         let _ = (cache, tokens, rows);
         Err(EngineError::Unsupported(format!("{} does not expose hidden states", self.describe())))
+    }
+    /// `forward_batch` with `forward_argmax`'s output: each sequence's row
+    /// argmaxes (a server batch whose sequences all decode greedily).
+    fn forward_batch_argmax(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<u32>>, EngineError> {
+        let n = self.vocab_size();
+        let logits = self.forward_batch(items)?;
+        Ok(logits.iter().map(|l| l.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect()).collect())
     }
     /// As `forward_batch`, also returning each sequence's post-norm hidden
     /// states (every row, `n_embd` floats each), for MTP drafters in a server.

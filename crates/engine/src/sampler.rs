@@ -43,6 +43,17 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
     }
+
+    /// Whether each row's argmax is all that sampling reads (greedy, no
+    /// repetition penalty): then a pass may return ids instead of logits
+    /// (`Model::forward_argmax`).
+    pub fn argmax_suffices(&self) -> bool {
+        self.is_greedy() && !self.penalizes()
+    }
+
+    fn penalizes(&self) -> bool {
+        self.repeat_penalty != 1.0 && self.repeat_last_n > 0
+    }
 }
 
 /// Index of the largest logit; ties go to the lowest id.
@@ -73,7 +84,7 @@ pub fn probs(logits: &[f32], p: &SamplingParams, history: &[u32]) -> Vec<(u32, f
     // Copy the logits only when a penalty changes them (they are 1 MB for a
     // 262k vocabulary, and the verifier asks for k + 1 rows per step).
     let penalized;
-    let l: &[f32] = if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
+    let l: &[f32] = if p.penalizes() {
         let mut v = logits.to_vec();
         penalize(&mut v, p, history);
         penalized = v;

@@ -253,5 +253,59 @@ fn r1_family_fixtures_are_batch_invariant() {
             .unwrap();
         assert!(both[0] == logits_all_at_once(m, a), "{arch}: sequence a changed by batching");
         assert!(both[1] == logits_all_at_once(m, b), "{arch}: sequence b changed by batching");
+        // Greedy passes: argmax ids alone equal the argmax of the logits.
+        check_argmax_pass(m, &toks[..10], &toks[10..22]);
+        let (mut ca, mut cb) = (m.new_cache(64), m.new_cache(64));
+        let ids = m
+            .forward_batch_argmax(&mut [
+                BatchItem { cache: &mut ca, tokens: a, rows: LogitRows::All },
+                BatchItem { cache: &mut cb, tokens: b, rows: LogitRows::Last },
+            ])
+            .unwrap();
+        let v = m.vocab_size();
+        let want_a: Vec<u32> = both[0].chunks_exact(v).map(specdec_engine::sampler::argmax).collect();
+        assert_eq!(ids[0], want_a, "{arch}: batched argmax of sequence a");
+        let last_b = specdec_engine::sampler::argmax(&both[1][both[1].len() - v..]);
+        assert_eq!(ids[1], vec![last_b], "{arch}: batched argmax of sequence b's last row");
     }
+}
+
+/// A greedy pass that returns only each row's argmax (the logits never
+/// stored) must pick what the argmax of the full logits picks, row for row,
+/// and leave the same cache.
+fn check_argmax_pass(m: &dyn Model, prefix: &[u32], draft: &[u32]) {
+    let v = m.vocab_size();
+    for rows in [LogitRows::All, LogitRows::Last, LogitRows::None] {
+        for k in [1, 5, draft.len()] {
+            let (mut c1, mut c2) = (m.new_cache(prefix.len() + k), m.new_cache(prefix.len() + k));
+            let a = m.forward(&mut c1, prefix, LogitRows::Last).unwrap();
+            let b = m.forward_argmax(&mut c2, prefix, LogitRows::Last).unwrap();
+            assert_eq!(b, vec![specdec_engine::sampler::argmax(&a)]);
+            let logits = m.forward(&mut c1, &draft[..k], rows).unwrap();
+            let ids = m.forward_argmax(&mut c2, &draft[..k], rows).unwrap();
+            let want: Vec<u32> = logits.chunks_exact(v).map(specdec_engine::sampler::argmax).collect();
+            assert_eq!(ids, want, "{rows:?}, {k} rows");
+            for layer in 0..c1.n_layers {
+                let ((k1, v1), (k2, v2)) = (c1.layer(layer), c2.layer(layer));
+                assert!(k1.iter().zip(k2).chain(v1.iter().zip(v2)).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_model_argmax_passes_equal_the_argmax_of_the_logits() {
+    let l = common::load_bytes(&common::tiny_gemma3(13, &|_, _| {})).unwrap();
+    let prefix: Vec<u32> = (0..20).map(|i| 2 + (i * 41 % 290)).collect();
+    let draft: Vec<u32> = (0..12).map(|i| 7 + (i * 29 % 280)).collect();
+    check_argmax_pass(l.model.as_ref(), &prefix, &draft);
+}
+
+#[test]
+fn default_model_argmax_passes_equal_the_argmax_of_the_logits() {
+    let l = common::load_default();
+    let prefix = l.tokenizer.encode("Greedy verification reads one token per row:", true, false);
+    let draft = l.tokenizer.encode(" the argmax of its logits, and nothing else of the row at all.", false, false);
+    assert!(draft.len() >= 9);
+    check_argmax_pass(l.model.as_ref(), &prefix, &draft[..9]);
 }

@@ -262,7 +262,7 @@ fn chunked_prefill_sessions_are_lossless() {
                 let pass = s.plan(m, &mut d, &mut ctl);
                 assert!(pass.tokens.len() <= chunk.max(5), "chunk {chunk}: pass of {}", pass.tokens.len());
                 let logits = m.forward(&mut s.cache, &pass.tokens, pass.rows).unwrap();
-                s.absorb(m, &logits, None, 0.001, &mut d, &mut ctl, &eog);
+                s.absorb(m, specdec_engine::Scores::Logits(&logits), None, 0.001, &mut d, &mut ctl, &eog);
                 passes += 1;
             }
             assert_eq!(s.out, want, "chunk {chunk}, temperature {}", params.temperature);

@@ -12,7 +12,7 @@ pub mod quant;
 pub use act::{ActScratch, ActStyle, QuantActs};
 pub use matmul::{
     attend, attend_heads, attend_rows, attend_rows_bf16, attn_math, axpy, bf16_available, dot, isa, matmul,
-    matmul_alloc, matmul_gated, set_attn_math, AttnMath, Isa, MatmulJob,
+    matmul_alloc, matmul_argmax, matmul_gated, set_attn_math, AttnMath, Isa, MatmulJob, RowPost,
 };
 pub use pack::{PackedKind, PackedMatrix};
 pub use pool::Pool;

@@ -209,6 +209,61 @@ pub fn argmax_scalar(x: &[f32]) -> usize {
     best
 }
 
+/// `argmax` of one row fed in consecutive chunks (`matmul_argmax` scans a
+/// row's logits a cache-sized chunk at a time, on each thread). The same
+/// index as `argmax` over the whole row: the first maximum, NaNs never win,
+/// 0 when column 0 is NaN.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArgmaxScan {
+    /// The best (value, column) so far; never a NaN unless `pinned`.
+    best: Option<(f32, usize)>,
+    /// Column 0 was NaN: the answer is 0 whatever follows.
+    pinned: bool,
+}
+
+impl ArgmaxScan {
+    /// Feeds the values of columns `start..start + x.len()`. Chunks come in
+    /// column order.
+    pub fn feed(&mut self, start: usize, x: &[f32]) {
+        if self.pinned || x.is_empty() {
+            return;
+        }
+        if start == 0 && x[0].is_nan() {
+            self.pinned = true;
+            return;
+        }
+        // `argmax` of a slice starting with a NaN answers 0: skip them.
+        let Some(s) = x.iter().position(|v| !v.is_nan()) else { return };
+        let i = s + argmax(&x[s..]);
+        self.offer(x[i], start + i);
+    }
+
+    /// Takes in what `later` saw over columns after all of this scan's.
+    pub fn merge(&mut self, later: &ArgmaxScan) {
+        if later.pinned && self.best.is_none() {
+            self.pinned = true; // `later` began at column 0
+        }
+        if let (false, Some((v, i))) = (self.pinned, later.best) {
+            self.offer(v, i);
+        }
+    }
+
+    fn offer(&mut self, v: f32, i: usize) {
+        // Strictly larger only: an equal value further right never wins.
+        if self.best.is_none_or(|(b, _)| v > b) {
+            self.best = Some((v, i));
+        }
+    }
+
+    /// The row's argmax.
+    pub fn index(&self) -> usize {
+        if self.pinned {
+            return 0;
+        }
+        self.best.map_or(0, |(_, i)| i)
+    }
+}
+
 /// Rotates one head (NEOX layout: pairs (i, i + d/2)) by a `rope_table`.
 pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = cos.len();
@@ -223,6 +278,57 @@ pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_argmax_scan_equals_argmax() {
+        for (n, seed) in [(1usize, 11u32), (5, 12), (40, 13), (1000, 14), (5000, 15)] {
+            let base = crate::test_data(n, seed, 8.0);
+            // Variants: as is; ties (the maximum again further right); NaNs
+            // sprinkled (also at chunk starts); column 0 NaN; all -inf.
+            let mut cases = vec![base.clone()];
+            let at = argmax_scalar(&base);
+            let mut ties = base.clone();
+            for j in [n / 2, n - 1] {
+                if j > at {
+                    ties[j] = ties[at];
+                }
+            }
+            cases.push(ties.clone());
+            let mut nans = ties.clone();
+            for j in (1..n).step_by(3) {
+                if j != at {
+                    nans[j] = f32::NAN;
+                }
+            }
+            cases.push(nans.clone());
+            let mut first_nan = base.clone();
+            first_nan[0] = f32::NAN;
+            cases.push(first_nan);
+            cases.push(vec![f32::NEG_INFINITY; n]);
+            for (ci, x) in cases.iter().enumerate() {
+                let want = argmax_scalar(x);
+                for chunk in [1usize, 3, 16, 17, 1000] {
+                    // Two "threads": columns split at `cut`, each scanning its
+                    // part in chunks, merged in column order.
+                    for cut in [0, n / 3, n] {
+                        let scan = |lo: usize, hi: usize| {
+                            let mut s = ArgmaxScan::default();
+                            let mut c = lo;
+                            while c < hi {
+                                let e = (c + chunk).min(hi);
+                                s.feed(c, &x[c..e]);
+                                c = e;
+                            }
+                            s
+                        };
+                        let mut s = scan(0, cut);
+                        s.merge(&scan(cut, n));
+                        assert_eq!(s.index(), want, "n {n} case {ci} chunk {chunk} cut {cut}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn argmax_matches_the_scalar_loop_on_ties_nans_and_tails() {

@@ -546,3 +546,39 @@ fn softmax_exp_is_accurate_and_identical_on_every_isa() {
         }
     }
 }
+
+/// `matmul_argmax` finds what an argmax over `matmul_alloc`'s rows finds:
+/// every packed type and ISA, row counts whose chunks split each thread's
+/// columns several times (200 rows: 20 groups a chunk), a soft-cap as the
+/// post-op, and every column twice (the matrix stacked on itself), so each
+/// row's maximum ties with a copy further right and the first must win.
+#[test]
+fn argmax_matmul_equals_argmax_of_the_logits() {
+    let mut rng = Rng(4242);
+    let pool = Pool::new(2);
+    let (n, k) = (16 * 45 + 7, 256);
+    let cap = |v: &mut [f32]| v.iter_mut().for_each(|x| *x = (*x / 3.0).tanh() * 3.0);
+    for ty in TYPES.into_iter().chain([GgmlType::F16]) {
+        let half = random_matrix(ty, n, k, &mut rng);
+        let data = [half.clone(), half].concat();
+        let w = PackedMatrix::from_gguf(ty, &data, 2 * n, k).unwrap();
+        for m in [1, 9, 200] {
+            let x = random_acts(m, k, &mut rng);
+            for isa in isas() {
+                let mut qa = ActScratch::default();
+                for post in [None, Some(&cap as specdec_kernels::RowPost)] {
+                    let mut logits = specdec_kernels::matmul_alloc(&pool, isa, &x, m, &mut qa, &w);
+                    if let Some(f) = post {
+                        f(&mut logits);
+                    }
+                    let want: Vec<u32> =
+                        logits.chunks_exact(2 * n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect();
+                    assert!(want.iter().all(|&i| (i as usize) < n), "{ty}: the first copy must win");
+                    assert!(want.windows(2).any(|p| p[0] != p[1]) || m == 1, "{ty}: degenerate data");
+                    let got = specdec_kernels::matmul_argmax(&pool, isa, &x, m, &mut qa, &w, post);
+                    assert_eq!(got, want, "{ty} {isa:?} m {m} post {}", post.is_some());
+                }
+            }
+        }
+    }
+}

@@ -21,7 +21,7 @@ use specdec_engine::spec::mtp::{MtpDrafter, MtpHead};
 use specdec_engine::spec::ngram::NgramDrafter;
 use specdec_engine::spec::suffix::SuffixDrafter;
 use specdec_engine::spec::{Controller, Drafter, Pass, Session, SpecStats};
-use specdec_engine::{BatchItem, Loaded};
+use specdec_engine::{BatchItem, Loaded, Scores};
 use specdec_tokenizer::StreamDecoder;
 use tokio::sync::mpsc;
 
@@ -286,33 +286,56 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             .collect();
         // MTP drafters build on the target's hidden states of every row.
         let want_hidden = active.iter().any(|a| a.drafter.wants_hidden());
+        // Greedy sequences without penalties read only each row's argmax:
+        // when all of them do, the pass never writes the logits out.
+        let argmax_only = !want_hidden && active.iter().all(|a| a.session.argmax_suffices());
         let t = Instant::now();
         let mut items: Vec<BatchItem> = active
             .iter_mut()
             .zip(&passes)
             .map(|(a, p)| BatchItem { cache: &mut a.session.cache, tokens: &p.tokens, rows: p.rows })
             .collect();
-        type Out = Result<(Vec<f32>, Option<Vec<f32>>), String>;
+        type Out = Result<(Rows, Option<Vec<f32>>), String>;
         let results: Vec<Out> = if want_hidden {
             match model.forward_batch_hidden(&mut items) {
-                Ok((logits, hidden)) => logits.into_iter().zip(hidden).map(|(l, h)| Ok((l, Some(h)))).collect(),
+                Ok((logits, hidden)) => {
+                    logits.into_iter().zip(hidden).map(|(l, h)| Ok((Rows::Logits(l), Some(h)))).collect()
+                }
                 Err(_) => items
                     .iter_mut()
                     .map(|it| {
                         model
                             .forward_hidden(it.cache, it.tokens, it.rows)
-                            .map(|(l, h)| (l, Some(h)))
+                            .map(|(l, h)| (Rows::Logits(l), Some(h)))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect(),
+            }
+        } else if argmax_only {
+            match model.forward_batch_argmax(&mut items) {
+                Ok(all) => all.into_iter().map(|ids| Ok((Rows::Argmax(ids), None))).collect(),
+                Err(_) => items
+                    .iter_mut()
+                    .map(|it| {
+                        model
+                            .forward_argmax(it.cache, it.tokens, it.rows)
+                            .map(|ids| (Rows::Argmax(ids), None))
                             .map_err(|e| e.to_string())
                     })
                     .collect(),
             }
         } else {
             match model.forward_batch(&mut items) {
-                Ok(all) => all.into_iter().map(|l| Ok((l, None))).collect(),
+                Ok(all) => all.into_iter().map(|l| Ok((Rows::Logits(l), None))).collect(),
                 // Find the culprit: each sequence alone (a failed batch changed no cache).
                 Err(_) => items
                     .iter_mut()
-                    .map(|it| model.forward(it.cache, it.tokens, it.rows).map(|l| (l, None)).map_err(|e| e.to_string()))
+                    .map(|it| {
+                        model
+                            .forward(it.cache, it.tokens, it.rows)
+                            .map(|l| (Rows::Logits(l), None))
+                            .map_err(|e| e.to_string())
+                    })
                     .collect(),
             }
         };
@@ -330,8 +353,12 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
                     metrics.failed();
                     true
                 }
-                Ok((logits, hidden)) => guarded(a, &metrics, f, |a| {
-                    finish_step(a, &logits, hidden.as_deref(), secs, model, tok, &is_eog, &metrics)
+                Ok((rows, hidden)) => guarded(a, &metrics, f, |a| {
+                    let scores = match &rows {
+                        Rows::Logits(l) => Scores::Logits(l),
+                        Rows::Argmax(ids) => Scores::Argmax(ids),
+                    };
+                    finish_step(a, scores, hidden.as_deref(), secs, model, tok, &is_eog, &metrics)
                 })
                 .unwrap_or(true),
             };
@@ -344,6 +371,12 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
         });
         queue.live.fetch_sub(done.iter().filter(|&&d| d).count(), Ordering::SeqCst);
     }
+}
+
+/// One sequence's share of a pass: its logits, or only their argmaxes.
+enum Rows {
+    Logits(Vec<f32>),
+    Argmax(Vec<u32>),
 }
 
 /// Runs `f` on a sequence; a panic (a bug) fails that request only, never the
@@ -365,7 +398,7 @@ fn guarded<R>(a: &mut Active, metrics: &Metrics, failed: &mut bool, f: impl FnOn
 #[allow(clippy::too_many_arguments)]
 fn finish_step(
     a: &mut Active,
-    logits: &[f32],
+    scores: Scores,
     hidden: Option<&[f32]>,
     secs: f64,
     model: &dyn specdec_engine::Model,
@@ -374,7 +407,7 @@ fn finish_step(
     metrics: &Metrics,
 ) -> bool {
     let before = a.session.spec.clone();
-    let new = a.session.absorb(model, logits, hidden, secs, a.drafter.as_mut(), &mut a.ctl, is_eog);
+    let new = a.session.absorb(model, scores, hidden, secs, a.drafter.as_mut(), &mut a.ctl, is_eog);
     metrics.spec_step(&before, &a.session.spec);
     let now = Instant::now();
     if !new.is_empty() {

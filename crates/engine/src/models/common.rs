@@ -365,8 +365,48 @@ pub fn split_hidden(hidden: &[f32], items: &[BatchItem], d: usize) -> Vec<Vec<f3
         .collect()
 }
 
-/// Splits one pass's logits (`n_vocab` per row) per sequence.
-pub fn split_logits(logits: Vec<f32>, per_seq: &[usize], n_vocab: usize) -> Vec<Vec<f32>> {
+/// What a pass ends in: every logit row, or only each row's argmax
+/// (`Model::forward_argmax`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Head {
+    Logits,
+    Argmax,
+}
+
+/// `Head`'s output, per sequence.
+pub enum HeadOut {
+    Logits(Vec<Vec<f32>>),
+    Argmax(Vec<Vec<u32>>),
+}
+
+impl Head {
+    /// The output of a pass with no rows.
+    pub fn empty(self, n_seqs: usize) -> HeadOut {
+        match self {
+            Head::Logits => HeadOut::Logits(vec![Vec::new(); n_seqs]),
+            Head::Argmax => HeadOut::Argmax(vec![Vec::new(); n_seqs]),
+        }
+    }
+}
+
+impl HeadOut {
+    pub fn logits(self) -> Vec<Vec<f32>> {
+        match self {
+            HeadOut::Logits(l) => l,
+            HeadOut::Argmax(_) => unreachable!("the pass was asked for logits"),
+        }
+    }
+    pub fn argmax(self) -> Vec<Vec<u32>> {
+        match self {
+            HeadOut::Argmax(ids) => ids,
+            HeadOut::Logits(_) => unreachable!("the pass was asked for argmaxes"),
+        }
+    }
+}
+
+/// Splits one pass's logits (`n_vocab` per row; or one argmax id per row,
+/// `n_vocab` 1) per sequence.
+pub fn split_logits<T: Clone>(logits: Vec<T>, per_seq: &[usize], n_vocab: usize) -> Vec<Vec<T>> {
     if per_seq.len() == 1 {
         return vec![logits];
     }

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
 use specdec_kernels::{
-    isa, matmul, matmul_alloc, matmul_gated, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool,
+    isa, matmul, matmul_alloc, matmul_argmax, matmul_gated, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool,
+    RowPost,
 };
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, mtp_input,
-    pick_rows, project_qkv, reserve, split_hidden, split_logits, store_kv, AttnShape, Rows, ScratchCell,
+    pick_rows, project_qkv, reserve, split_hidden, split_logits, store_kv, AttnShape, Head, HeadOut, Rows, ScratchCell,
 };
 
 use crate::weights::WeightSource;
@@ -205,11 +206,22 @@ impl Gemma3 {
         x0: Option<Vec<f32>>,
         hidden: Option<&mut Vec<f32>>,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(self.run_to(items, x0, hidden, Head::Logits)?.logits())
+    }
+
+    /// The batched pass, ending in `head`'s output per sequence.
+    fn run_to(
+        &self,
+        items: &mut [BatchItem],
+        x0: Option<Vec<f32>>,
+        hidden: Option<&mut Vec<f32>>,
+        head: Head,
+    ) -> Result<HeadOut, EngineError> {
         let c = &self.cfg;
         let rows = Rows::of(items);
         let m = rows.len();
         if m == 0 {
-            return Ok(items.iter().map(|_| Vec::new()).collect());
+            return Ok(head.empty(items.len()));
         }
         let (d, hd) = (c.n_embd, c.head_dim);
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
@@ -326,10 +338,24 @@ impl Gemma3 {
         };
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let n_out: usize = per_seq.iter().sum();
-        let logits = self.logits(&xs, n_out, qa);
+        let out = match head {
+            Head::Logits => HeadOut::Logits(split_logits(self.logits(&xs, n_out, qa), &per_seq, c.n_vocab)),
+            Head::Argmax => HeadOut::Argmax(split_logits(self.argmax(&xs, n_out, qa), &per_seq, 1)),
+        };
         scratch.give([up, gate, o, att, v, k, q, h]);
         self.scratch.put(scratch);
-        Ok(split_logits(logits, &per_seq, c.n_vocab))
+        Ok(out)
+    }
+
+    /// The argmax of each of `m` post-norm hidden rows' logits (soft-capped
+    /// where the model caps them), the logits never stored.
+    fn argmax(&self, xs: &[f32], m: usize, qa: &mut ActScratch) -> Vec<u32> {
+        let cap = self
+            .cfg
+            .final_softcap
+            .map(|cap| move |l: &mut [f32]| l.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap));
+        let post = cap.as_ref().map(|f| f as RowPost);
+        matmul_argmax(&self.pool, self.isa, xs, m, qa, &self.output, post)
     }
 
     /// Logits of `m` post-norm hidden rows.
@@ -372,6 +398,18 @@ impl Model for Gemma3 {
 
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
         forward_one(self, cache, tokens, rows)
+    }
+
+    fn forward_argmax(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<u32>, EngineError> {
+        let mut items = [BatchItem { cache, tokens, rows }];
+        Ok(self.forward_batch_argmax(&mut items)?.pop().unwrap_or_default())
+    }
+
+    fn forward_batch_argmax(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<u32>>, EngineError> {
+        for it in items.iter() {
+            check_item(self, it)?;
+        }
+        Ok(self.run_to(items, None, None, Head::Argmax)?.argmax())
     }
 
     fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {

@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{rmsnorm_rows, rope_neox, rope_norm, rope_table, silu_mul, Rope};
-use specdec_kernels::{isa, matmul, matmul_alloc, matmul_gated, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+use specdec_kernels::{
+    isa, matmul, matmul_alloc, matmul_argmax, matmul_gated, ActScratch, Isa, MatmulJob, PackedMatrix, Pool,
+};
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, pick_rows,
-    project_qkv, reserve, split_logits, store_kv, AttnShape, Rows,
+    project_qkv, reserve, split_logits, store_kv, AttnShape, Head, HeadOut, Rows,
 };
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -196,27 +198,9 @@ fn add_bias(x: &mut [f32], b: &[f32]) {
     }
 }
 
-impl Model for Llama {
-    fn vocab_size(&self) -> usize {
-        self.cfg.n_vocab
-    }
-    fn max_context(&self) -> usize {
-        self.cfg.ctx
-    }
-    fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(
-            self.cfg.n_layers,
-            self.cfg.n_head_kv * self.cfg.head_dim,
-            self.cfg.head_dim,
-            capacity.min(self.cfg.ctx),
-        )
-    }
-
-    fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
-        forward_one(self, cache, tokens, rows)
-    }
-
-    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
+impl Llama {
+    /// The batched pass, ending in `head`'s output per sequence.
+    fn run_to(&self, items: &mut [BatchItem], head: Head) -> Result<HeadOut, EngineError> {
         let c = &self.cfg;
         for it in items.iter() {
             check_item(self, it)?;
@@ -224,7 +208,7 @@ impl Model for Llama {
         let rows = Rows::of(items);
         let m = rows.len();
         if m == 0 {
-            return Ok(items.iter().map(|_| Vec::new()).collect());
+            return Ok(head.empty(items.len()));
         }
         let (d, hd) = (c.n_embd, c.head_dim);
         let (q_dim, kv_dim) = (c.n_head * hd, c.n_head_kv * hd);
@@ -317,8 +301,52 @@ impl Model for Llama {
         };
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
         let n_out: usize = per_seq.iter().sum();
-        let logits = matmul_alloc(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output);
-        Ok(split_logits(logits, &per_seq, c.n_vocab))
+        Ok(match head {
+            Head::Logits => HeadOut::Logits(split_logits(
+                matmul_alloc(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output),
+                &per_seq,
+                c.n_vocab,
+            )),
+            Head::Argmax => HeadOut::Argmax(split_logits(
+                matmul_argmax(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output, None),
+                &per_seq,
+                1,
+            )),
+        })
+    }
+}
+
+impl Model for Llama {
+    fn vocab_size(&self) -> usize {
+        self.cfg.n_vocab
+    }
+    fn max_context(&self) -> usize {
+        self.cfg.ctx
+    }
+    fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(
+            self.cfg.n_layers,
+            self.cfg.n_head_kv * self.cfg.head_dim,
+            self.cfg.head_dim,
+            capacity.min(self.cfg.ctx),
+        )
+    }
+
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
+        forward_one(self, cache, tokens, rows)
+    }
+
+    fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
+        Ok(self.run_to(items, Head::Logits)?.logits())
+    }
+
+    fn forward_argmax(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<u32>, EngineError> {
+        let mut items = [BatchItem { cache, tokens, rows }];
+        Ok(self.forward_batch_argmax(&mut items)?.pop().unwrap_or_default())
+    }
+
+    fn forward_batch_argmax(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<u32>>, EngineError> {
+        Ok(self.run_to(items, Head::Argmax)?.argmax())
     }
 
     fn weight_bytes_per_token(&self) -> usize {

@@ -15,7 +15,7 @@ use crate::generate::GenStats;
 use crate::kv::KvCache;
 use crate::rng::Rng;
 use crate::sampler::{probs, SamplingParams};
-use crate::{EngineError, LogitRows, Model};
+use crate::{EngineError, LogitRows, Model, Scores};
 
 /// Speculative metrics, with vLLM's names and meanings.
 #[derive(Clone, Debug, Default)]
@@ -190,14 +190,15 @@ impl Session {
         Pass { tokens, rows: LogitRows::All }
     }
 
-    /// Takes the logits of the planned pass (run in `secs`) and, for a
+    /// Takes the scores of the planned pass (run in `secs`; the argmax alone
+    /// only where `argmax_suffices`) and, for a
     /// drafter that wants them, the pass's hidden states (every row), verifies,
     /// and returns the tokens emitted by this step.
     #[allow(clippy::too_many_arguments)]
     pub fn absorb(
         &mut self,
         model: &dyn Model,
-        logits: &[f32],
+        scores: Scores,
         hidden: Option<&[f32]>,
         secs: f64,
         drafter: &mut dyn Drafter,
@@ -218,7 +219,7 @@ impl Session {
             self.prefilled = true;
             self.t_decode = Some(Instant::now());
             drafter.begin(&self.ctx);
-            let p = probs(&logits[..n_vocab], &self.params, &self.ctx);
+            let p = row_probs(scores, 0, n_vocab, &self.params, &self.ctx);
             let first = verify(&[], &[], &[p], &mut self.rng).bonus;
             self.emit(first, is_eog);
             let prompt_hidden = std::mem::take(&mut self.prefill_hidden);
@@ -239,7 +240,7 @@ impl Session {
         let mut hist = self.ctx.clone();
         let p = |i: usize| {
             hist.extend_from_slice(&draft.tokens[hist.len() - self.ctx.len()..i]);
-            probs(&logits[i * n_vocab..(i + 1) * n_vocab], &self.params, &hist)
+            row_probs(scores, i, n_vocab, &self.params, &hist)
         };
         let v = verify_lazy(&draft.tokens, &draft.q, p, &mut self.rng);
         let next_hit = self.pending_next.take().map(|t| t == v.bonus);
@@ -275,6 +276,12 @@ impl Session {
         new_tokens
     }
 
+    /// Whether the target's passes may return argmax ids instead of logits
+    /// (`Model::forward_argmax`): greedy without penalties.
+    pub fn argmax_suffices(&self) -> bool {
+        self.params.argmax_suffices()
+    }
+
     /// Emits `t`; true when it ends generation.
     fn emit(&mut self, t: u32, is_eog: &dyn Fn(u32) -> bool) -> bool {
         self.out.push(t);
@@ -290,6 +297,15 @@ impl Session {
         if let Some(t) = self.t_decode {
             self.stats.decode_s = t.elapsed().as_secs_f64();
         }
+    }
+}
+
+/// Row `i`'s sampling distribution from a pass's scores.
+fn row_probs(scores: Scores, i: usize, n_vocab: usize, params: &SamplingParams, hist: &[u32]) -> Vec<(u32, f32)> {
+    match scores {
+        Scores::Logits(l) => probs(&l[i * n_vocab..(i + 1) * n_vocab], params, hist),
+        // Passes return ids only when they are all that `probs` would read.
+        Scores::Argmax(ids) => vec![(ids[i], 1.0)],
     }
 }
 
@@ -318,14 +334,19 @@ pub fn generate_spec(
     while !s.is_done() {
         let pass = s.plan(model, drafter, ctl);
         let t = Instant::now();
-        let (logits, hidden) = if drafter.wants_hidden() {
+        let argmax_only = !drafter.wants_hidden() && s.argmax_suffices();
+        let (mut logits, mut ids, mut hidden) = (Vec::new(), Vec::new(), None);
+        if drafter.wants_hidden() {
             let (l, h) = model.forward_hidden(&mut s.cache, &pass.tokens, pass.rows)?;
-            (l, Some(h))
+            (logits, hidden) = (l, Some(h));
+        } else if argmax_only {
+            ids = model.forward_argmax(&mut s.cache, &pass.tokens, pass.rows)?;
         } else {
-            (model.forward(&mut s.cache, &pass.tokens, pass.rows)?, None)
-        };
+            logits = model.forward(&mut s.cache, &pass.tokens, pass.rows)?;
+        }
         let secs = t.elapsed().as_secs_f64();
-        for t in s.absorb(model, &logits, hidden.as_deref(), secs, drafter, ctl, is_eog) {
+        let scores = if argmax_only { Scores::Argmax(&ids) } else { Scores::Logits(&logits) };
+        for t in s.absorb(model, scores, hidden.as_deref(), secs, drafter, ctl, is_eog) {
             on_token(t);
         }
     }

@@ -20,7 +20,9 @@ pub fn available() -> bool {
 }
 
 /// # Safety
-/// `available()` must be true; `out` must cover `a.m` rows of `ld >= w.n`.
+/// `available()` must be true; `out + r * ld + col` must be writable for
+/// rows `r < a.m` and the columns `col` of groups `g0..g1` (`out` itself may
+/// lie before the buffer, see `matmul_argmax`).
 pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let mut r0 = 0;
     while r0 < a.m {
@@ -207,7 +209,7 @@ unsafe fn tile<const KIND: u8, const MT: usize>(
             for (i, v) in acc.iter().enumerate() {
                 let mut tmp = [0f32; 8];
                 _mm256_storeu_ps(tmp.as_mut_ptr(), *v);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), out.add((r0 + i) * ld + col), valid);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), out.wrapping_add((r0 + i) * ld + col), valid);
             }
         }
     }

@@ -52,7 +52,9 @@ const fn record_bytes(kind: u8) -> usize {
 }
 
 /// # Safety
-/// `available()` must be true; `out` must cover `a.m` rows of `ld >= w.n`.
+/// `available()` must be true; `out + r * ld + col` must be writable for
+/// rows `r < a.m` and the columns `col` of groups `g0..g1` (`out` itself may
+/// lie before the buffer, see `matmul_argmax`).
 pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let kind = match w.kind {
         PackedKind::Q8S => K_Q8S,
@@ -394,7 +396,7 @@ unsafe fn tile<const KIND: u8, const MT: usize, const DECODED: bool>(
                 let mut acc = [_mm512_setzero_ps(); MT];
                 for i in 0..MT {
                     if b0 > 0 {
-                        acc[i] = _mm512_maskz_loadu_ps(mask, out.add((r0 + i) * ld + g * 16));
+                        acc[i] = _mm512_maskz_loadu_ps(mask, out.wrapping_add((r0 + i) * ld + g * 16));
                     }
                     acc[i] = _mm512_fmadd_ps(f[i], _mm512_mul_ps(sbd, bf(t.d.as_ptr().add(tw + b * MT + i))), acc[i]);
                     f[i] = _mm512_setzero_ps();
@@ -414,7 +416,7 @@ unsafe fn tile<const KIND: u8, const MT: usize, const DECODED: bool>(
                     }
                 }
                 for i in 0..MT {
-                    _mm512_mask_storeu_ps(out.add((r0 + i) * ld + g * 16), mask, acc[i]);
+                    _mm512_mask_storeu_ps(out.wrapping_add((r0 + i) * ld + g * 16), mask, acc[i]);
                 }
             }
         }
@@ -422,7 +424,7 @@ unsafe fn tile<const KIND: u8, const MT: usize, const DECODED: bool>(
             continue;
         }
         for (i, acc) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(out.add((r0 + i) * ld + g * 16), mask, *acc);
+            _mm512_mask_storeu_ps(out.wrapping_add((r0 + i) * ld + g * 16), mask, *acc);
         }
     }
 }
@@ -459,13 +461,14 @@ pub unsafe fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
 }
 
 /// # Safety
-/// `available()` must be true; `out` must cover `m` rows of `ld >= w.n`.
+/// `available()` must be true; `out + r * ld + col` must be writable for
+/// rows `r < m` and the columns `col` of groups `g0..g1`.
 pub unsafe fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let k = w.k;
     for col in g0 * 16..(g1 * 16).min(w.n) {
         let wr = &w.f[col * k..(col + 1) * k];
         for r in 0..m {
-            *out.add(r * ld + col) = dot_f32(&x[r * k..(r + 1) * k], wr);
+            *out.wrapping_add(r * ld + col) = dot_f32(&x[r * k..(r + 1) * k], wr);
         }
     }
 }

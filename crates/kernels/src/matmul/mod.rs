@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use crate::act::{ActScratch, ActStyle, QuantActs};
+use crate::ops::ArgmaxScan;
 use crate::pack::{PackedKind, PackedMatrix};
 use crate::pool::{Pool, SendPtr};
 
@@ -200,6 +201,77 @@ pub fn matmul_alloc(
     // SAFETY: every kernel writes every column of every row of its group
     // range, and the ranges cover all n columns; MaybeUninit<f32> has f32's layout.
     unsafe { Vec::from_raw_parts(out.as_mut_ptr() as *mut f32, n, out.capacity()) }
+}
+
+/// An elementwise operation on a chunk of one row's outputs (a logit
+/// soft-cap) before `matmul_argmax` scans it.
+pub type RowPost<'a> = &'a (dyn Fn(&mut [f32]) + Sync);
+
+/// Bytes of outputs a thread computes between two argmax scans in
+/// `matmul_argmax`: its chunk of every row stays in L2.
+const ARGMAX_CHUNK_BYTES: usize = 256 << 10;
+
+/// The index of each row's largest output of `x W^T` after the elementwise
+/// `post` (a logit soft-cap), by `ops::argmax`'s rules, without the m x n
+/// outputs ever reaching memory: each thread computes its columns a chunk at
+/// a time into a small buffer and scans the chunk while it is in cache. A
+/// greedy verify pass of the default model would otherwise write and read
+/// back 1 MB of logits per row. The values scanned are `matmul_alloc`'s, bit
+/// for bit (the same kernels; only where they write differs).
+pub fn matmul_argmax(
+    pool: &Pool,
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    scratch: &mut ActScratch,
+    w: &PackedMatrix,
+    post: Option<RowPost>,
+) -> Vec<u32> {
+    assert_eq!(x.len(), m * w.k, "activations are not {m}x{}", w.k);
+    if m == 0 {
+        return Vec::new();
+    }
+    quantize_for(pool, isa, x, m, w.k, scratch, std::slice::from_ref(&w));
+    let scratch = &*scratch;
+    let nt = pool.threads();
+    let scans: Vec<std::sync::Mutex<Vec<ArgmaxScan>>> = (0..nt).map(|_| Default::default()).collect();
+    let groups = (ARGMAX_CHUNK_BYTES / (m * 16 * 4)).clamp(1, w.n_groups().max(1));
+    pool.run(&|t| {
+        let (g0, g1) = (w.n_groups() * t / nt, w.n_groups() * (t + 1) / nt);
+        let mut rows = vec![ArgmaxScan::default(); m];
+        let ld = groups * 16;
+        let mut buf = vec![0f32; m * ld];
+        let qa = match w.act_style() {
+            ActStyle::Q8_0 => &scratch.q8_0,
+            ActStyle::Q8_K => &scratch.q8_k,
+        };
+        let mut c0 = g0;
+        while c0 < g1 {
+            let c1 = (c0 + groups).min(g1);
+            let (col0, col1) = (c0 * 16, (c1 * 16).min(w.n));
+            // The kernels write column `col` of row `r` at `out + r * ld + col`:
+            // shifted back by `col0`, the chunk lands at the buffer's start.
+            run_range(isa, w, x, m, qa, c0, c1, buf.as_mut_ptr().wrapping_sub(col0), ld);
+            for (r, scan) in rows.iter_mut().enumerate() {
+                let vals = &mut buf[r * ld..r * ld + (col1 - col0)];
+                if let Some(f) = post {
+                    f(vals);
+                }
+                scan.feed(col0, vals);
+            }
+            c0 = c1;
+        }
+        *scans[t].lock().unwrap_or_else(|e| e.into_inner()) = rows;
+    });
+    let mut scans = scans.into_iter().map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()));
+    let mut best = scans.next().unwrap_or_default();
+    best.resize(m, ArgmaxScan::default());
+    for later in scans {
+        for (b, l) in best.iter_mut().zip(&later) {
+            b.merge(l);
+        }
+    }
+    best.iter().map(|s| s.index() as u32).collect()
 }
 
 fn quantize_for(pool: &Pool, isa: Isa, x: &[f32], m: usize, k: usize, scratch: &mut ActScratch, ws: &[&PackedMatrix]) {

@@ -44,7 +44,9 @@ pub(crate) fn unpack(kind: PackedKind, rec: &[u8], lane: usize, i: usize) -> u8 
 /// out[r * ld + col] for rows `0..a.m` and the columns of groups `g0..g1`.
 ///
 /// # Safety
-/// `out` must cover `a.m` rows of `ld >= w.n` floats.
+/// `out + r * ld + col` must be writable for rows `r < a.m` and the
+/// columns `col` of groups `g0..g1` (`out` itself may lie before the buffer,
+/// see `matmul_argmax`).
 pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let nb = w.blocks();
     let rb = w.kind.record_bytes();
@@ -107,8 +109,8 @@ pub unsafe fn matmul_q(w: &PackedMatrix, a: &QuantActs, g0: usize, g1: usize, ou
                         PackedKind::F32 => unreachable!(),
                     }
                 }
-                // SAFETY: the caller guarantees out covers a.m rows of ld >= w.n.
-                unsafe { *out.add(r * ld + col) = acc };
+                // SAFETY: the caller guarantees this row and column are writable.
+                unsafe { *out.wrapping_add(r * ld + col) = acc };
             }
         }
     }
@@ -181,7 +183,8 @@ pub fn reduce16(l: &[f32; 16]) -> f32 {
 }
 
 /// # Safety
-/// `out` must cover `m` rows of `ld >= w.n` floats.
+/// `out + r * ld + col` must be writable for rows `r < m` and the
+/// columns `col` of groups `g0..g1` (`out` itself may lie before the buffer).
 pub unsafe fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: usize, out: *mut f32, ld: usize) {
     let k = w.k;
     for r in 0..m {
@@ -189,7 +192,7 @@ pub unsafe fn matmul_f32(w: &PackedMatrix, x: &[f32], m: usize, g0: usize, g1: u
         for col in g0 * 16..(g1 * 16).min(w.n) {
             let v = dot_f32(xr, &w.f[col * k..(col + 1) * k]);
             // SAFETY: as in matmul_q.
-            unsafe { *out.add(r * ld + col) = v };
+            unsafe { *out.wrapping_add(r * ld + col) = v };
         }
     }
 }
