@@ -5,13 +5,7 @@ use std::time::Instant;
 
 use crate::rng::Rng;
 use crate::sampler::{sample, SamplingParams};
-use crate::{EngineError, KvCache, LogitRows, Model};
-
-/// A pass's last row: its logits, or only their argmax.
-enum Out {
-    Logits(Vec<f32>),
-    Argmax(Vec<u32>),
-}
+use crate::{EngineError, KvCache, LogitRows, Model, PassScores};
 
 #[derive(Clone, Debug, Default)]
 pub struct GenStats {
@@ -65,11 +59,11 @@ pub fn generate(
     // Greedy without penalties reads only the argmax: the pass finds it
     // without writing out the logits.
     let argmax_only = params.argmax_suffices();
-    let pass = |cache: &mut KvCache, tokens: &[u32]| -> Result<Out, EngineError> {
+    let pass = |cache: &mut KvCache, tokens: &[u32]| -> Result<PassScores, EngineError> {
         Ok(if argmax_only {
-            Out::Argmax(model.forward_argmax(cache, tokens, LogitRows::Last)?)
+            PassScores::Argmax(model.forward_argmax(cache, tokens, LogitRows::Last)?)
         } else {
-            Out::Logits(model.forward(cache, tokens, LogitRows::Last)?)
+            PassScores::Logits(model.forward(cache, tokens, LogitRows::Last)?)
         })
     };
     let t0 = Instant::now();
@@ -78,8 +72,8 @@ pub fn generate(
     let t1 = Instant::now();
     loop {
         let t = match &scores {
-            Out::Argmax(ids) => ids[0],
-            Out::Logits(logits) => sample(logits, params, &history, &mut rng),
+            PassScores::Argmax(ids) => ids[0],
+            PassScores::Logits(logits) => sample(logits, params, &history, &mut rng),
         };
         out.push(t);
         history.push(t);

@@ -88,6 +88,22 @@ pub enum Scores<'a> {
     Argmax(&'a [u32]),
 }
 
+/// The owned form of `Scores`: what a pass returned.
+#[derive(Clone, Debug)]
+pub enum PassScores {
+    Logits(Vec<f32>),
+    Argmax(Vec<u32>),
+}
+
+impl PassScores {
+    pub fn scores(&self) -> Scores<'_> {
+        match self {
+            PassScores::Logits(l) => Scores::Logits(l),
+            PassScores::Argmax(ids) => Scores::Argmax(ids),
+        }
+    }
+}
+
 /// A causal language model.
 pub trait Model: Send + Sync {
     fn vocab_size(&self) -> usize;
@@ -102,9 +118,8 @@ pub trait Model: Send + Sync {
     /// verification without penalties read. A model may find it without
     /// writing the logits out (`Gemma3`: 1 MB per row of a verify pass).
     fn forward_argmax(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<u32>, EngineError> {
-        let n = self.vocab_size();
-        let logits = self.forward(cache, tokens, rows)?;
-        Ok(logits.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect())
+        let mut items = [BatchItem { cache, tokens, rows }];
+        Ok(self.forward_batch_argmax(&mut items)?.pop().unwrap_or_default())
     }
     /// Several sequences (each with its own cache) in one pass, so weights are
     /// read once for all of them. Each sequence's logits equal what `forward`

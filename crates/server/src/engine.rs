@@ -21,7 +21,7 @@ use specdec_engine::spec::mtp::{MtpDrafter, MtpHead};
 use specdec_engine::spec::ngram::NgramDrafter;
 use specdec_engine::spec::suffix::SuffixDrafter;
 use specdec_engine::spec::{Controller, Drafter, Pass, Session, SpecStats};
-use specdec_engine::{BatchItem, Loaded, Scores};
+use specdec_engine::{BatchItem, Loaded, PassScores, Scores};
 use specdec_tokenizer::StreamDecoder;
 use tokio::sync::mpsc;
 
@@ -295,45 +295,45 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             .zip(&passes)
             .map(|(a, p)| BatchItem { cache: &mut a.session.cache, tokens: &p.tokens, rows: p.rows })
             .collect();
-        type Out = Result<(Rows, Option<Vec<f32>>), String>;
+        type Out = Result<(PassScores, Option<Vec<f32>>), String>;
         let results: Vec<Out> = if want_hidden {
             match model.forward_batch_hidden(&mut items) {
                 Ok((logits, hidden)) => {
-                    logits.into_iter().zip(hidden).map(|(l, h)| Ok((Rows::Logits(l), Some(h)))).collect()
+                    logits.into_iter().zip(hidden).map(|(l, h)| Ok((PassScores::Logits(l), Some(h)))).collect()
                 }
                 Err(_) => items
                     .iter_mut()
                     .map(|it| {
                         model
                             .forward_hidden(it.cache, it.tokens, it.rows)
-                            .map(|(l, h)| (Rows::Logits(l), Some(h)))
+                            .map(|(l, h)| (PassScores::Logits(l), Some(h)))
                             .map_err(|e| e.to_string())
                     })
                     .collect(),
             }
         } else if argmax_only {
             match model.forward_batch_argmax(&mut items) {
-                Ok(all) => all.into_iter().map(|ids| Ok((Rows::Argmax(ids), None))).collect(),
+                Ok(all) => all.into_iter().map(|ids| Ok((PassScores::Argmax(ids), None))).collect(),
                 Err(_) => items
                     .iter_mut()
                     .map(|it| {
                         model
                             .forward_argmax(it.cache, it.tokens, it.rows)
-                            .map(|ids| (Rows::Argmax(ids), None))
+                            .map(|ids| (PassScores::Argmax(ids), None))
                             .map_err(|e| e.to_string())
                     })
                     .collect(),
             }
         } else {
             match model.forward_batch(&mut items) {
-                Ok(all) => all.into_iter().map(|l| Ok((Rows::Logits(l), None))).collect(),
+                Ok(all) => all.into_iter().map(|l| Ok((PassScores::Logits(l), None))).collect(),
                 // Find the culprit: each sequence alone (a failed batch changed no cache).
                 Err(_) => items
                     .iter_mut()
                     .map(|it| {
                         model
                             .forward(it.cache, it.tokens, it.rows)
-                            .map(|l| (Rows::Logits(l), None))
+                            .map(|l| (PassScores::Logits(l), None))
                             .map_err(|e| e.to_string())
                     })
                     .collect(),
@@ -353,12 +353,8 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
                     metrics.failed();
                     true
                 }
-                Ok((rows, hidden)) => guarded(a, &metrics, f, |a| {
-                    let scores = match &rows {
-                        Rows::Logits(l) => Scores::Logits(l),
-                        Rows::Argmax(ids) => Scores::Argmax(ids),
-                    };
-                    finish_step(a, scores, hidden.as_deref(), secs, model, tok, &is_eog, &metrics)
+                Ok((scores, hidden)) => guarded(a, &metrics, f, |a| {
+                    finish_step(a, scores.scores(), hidden.as_deref(), secs, model, tok, &is_eog, &metrics)
                 })
                 .unwrap_or(true),
             };
@@ -371,12 +367,6 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
         });
         queue.live.fetch_sub(done.iter().filter(|&&d| d).count(), Ordering::SeqCst);
     }
-}
-
-/// One sequence's share of a pass: its logits, or only their argmaxes.
-enum Rows {
-    Logits(Vec<f32>),
-    Argmax(Vec<u32>),
 }
 
 /// Runs `f` on a sequence; a panic (a bug) fails that request only, never the

@@ -6,7 +6,10 @@
 use specdec_gguf::{GgufFile, TensorInfo};
 use specdec_kernels::pool::SendPtr;
 use specdec_kernels::quant::dequantize_row;
-use specdec_kernels::{attend_rows, attend_rows_bf16, matmul, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
+use specdec_kernels::{
+    attend_rows, attend_rows_bf16, matmul, matmul_alloc, matmul_argmax, ActScratch, Isa, MatmulJob, PackedMatrix, Pool,
+    RowPost,
+};
 
 use crate::{BatchItem, EngineError, KvCache, LogitRows, Model};
 
@@ -400,6 +403,38 @@ impl HeadOut {
         match self {
             HeadOut::Argmax(ids) => ids,
             HeadOut::Logits(_) => unreachable!("the pass was asked for argmaxes"),
+        }
+    }
+}
+
+/// A pass's output from its final normed rows `xs` (`per_seq` rows per
+/// sequence) through the output matrix `w`: logits (soft-capped as
+/// `tanh(l / cap) * cap` where the model caps them), or only their argmaxes
+/// (`matmul_argmax`: the same values, never stored).
+#[allow(clippy::too_many_arguments)]
+pub fn output_rows(
+    pool: &Pool,
+    isa: Isa,
+    head: Head,
+    xs: &[f32],
+    per_seq: &[usize],
+    qa: &mut ActScratch,
+    w: &PackedMatrix,
+    cap: Option<f32>,
+) -> HeadOut {
+    let m: usize = per_seq.iter().sum();
+    let soft_cap = cap.map(|cap| move |l: &mut [f32]| l.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap));
+    match head {
+        Head::Logits => {
+            let mut logits = matmul_alloc(pool, isa, xs, m, qa, w);
+            if let Some(f) = &soft_cap {
+                f(&mut logits);
+            }
+            HeadOut::Logits(split_logits(logits, per_seq, w.n))
+        }
+        Head::Argmax => {
+            let post = soft_cap.as_ref().map(|f| f as RowPost);
+            HeadOut::Argmax(split_logits(matmul_argmax(pool, isa, xs, m, qa, w, post), per_seq, 1))
         }
     }
 }

@@ -10,14 +10,11 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{gelu_mul, rmsnorm, rmsnorm_rows, rope_neox, rope_table, Rope};
-use specdec_kernels::{
-    isa, matmul, matmul_alloc, matmul_argmax, matmul_gated, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool,
-    RowPost,
-};
+use specdec_kernels::{isa, matmul, matmul_gated, ActScratch, Isa, MatmulJob, PackedKind, PackedMatrix, Pool};
 
 use super::common::{
     attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, mtp_input,
-    pick_rows, project_qkv, reserve, split_hidden, split_logits, store_kv, AttnShape, Head, HeadOut, Rows, ScratchCell,
+    output_rows, pick_rows, project_qkv, reserve, split_hidden, store_kv, AttnShape, Head, HeadOut, Rows, ScratchCell,
 };
 
 use crate::weights::WeightSource;
@@ -337,34 +334,15 @@ impl Gemma3 {
             Some(_) => (x, mark_appended(items)),
         };
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
-        let n_out: usize = per_seq.iter().sum();
-        let out = match head {
-            Head::Logits => HeadOut::Logits(split_logits(self.logits(&xs, n_out, qa), &per_seq, c.n_vocab)),
-            Head::Argmax => HeadOut::Argmax(split_logits(self.argmax(&xs, n_out, qa), &per_seq, 1)),
-        };
+        let out = self.outputs(head, &xs, &per_seq, qa);
         scratch.give([up, gate, o, att, v, k, q, h]);
         self.scratch.put(scratch);
         Ok(out)
     }
 
-    /// The argmax of each of `m` post-norm hidden rows' logits (soft-capped
-    /// where the model caps them), the logits never stored.
-    fn argmax(&self, xs: &[f32], m: usize, qa: &mut ActScratch) -> Vec<u32> {
-        let cap = self
-            .cfg
-            .final_softcap
-            .map(|cap| move |l: &mut [f32]| l.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap));
-        let post = cap.as_ref().map(|f| f as RowPost);
-        matmul_argmax(&self.pool, self.isa, xs, m, qa, &self.output, post)
-    }
-
-    /// Logits of `m` post-norm hidden rows.
-    fn logits(&self, xs: &[f32], m: usize, qa: &mut ActScratch) -> Vec<f32> {
-        let mut logits = matmul_alloc(&self.pool, self.isa, xs, m, qa, &self.output);
-        if let Some(cap) = self.cfg.final_softcap {
-            logits.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
-        }
-        logits
+    /// `head`'s output of post-norm hidden rows (`per_seq` per sequence).
+    fn outputs(&self, head: Head, xs: &[f32], per_seq: &[usize], qa: &mut ActScratch) -> HeadOut {
+        output_rows(&self.pool, self.isa, head, xs, per_seq, qa, &self.output, self.cfg.final_softcap)
     }
 
     /// Embedding rows of `ids` as the first layer sees them (scaled by sqrt(d)).
@@ -398,11 +376,6 @@ impl Model for Gemma3 {
 
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, EngineError> {
         forward_one(self, cache, tokens, rows)
-    }
-
-    fn forward_argmax(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<u32>, EngineError> {
-        let mut items = [BatchItem { cache, tokens, rows }];
-        Ok(self.forward_batch_argmax(&mut items)?.pop().unwrap_or_default())
     }
 
     fn forward_batch_argmax(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<u32>>, EngineError> {
@@ -584,7 +557,9 @@ impl crate::spec::mtp::MtpHead for Gemma3Head {
     }
     fn logits(&self, hidden: &[f32]) -> Vec<f32> {
         let m = hidden.len() / self.core.cfg.n_embd;
-        self.core.logits(&hidden[..m * self.core.cfg.n_embd], m, &mut ActScratch::default())
+        let xs = &hidden[..m * self.core.cfg.n_embd];
+        let out = self.core.outputs(Head::Logits, xs, &[m], &mut ActScratch::default());
+        out.logits().pop().unwrap_or_default()
     }
     fn window(&self) -> Option<usize> {
         Some(self.core.cfg.window)

@@ -13,13 +13,11 @@ use std::sync::Arc;
 
 use specdec_gguf::GgufFile;
 use specdec_kernels::ops::{rmsnorm_rows, rope_neox, rope_norm, rope_table, silu_mul, Rope};
-use specdec_kernels::{
-    isa, matmul, matmul_alloc, matmul_argmax, matmul_gated, ActScratch, Isa, MatmulJob, PackedMatrix, Pool,
-};
+use specdec_kernels::{isa, matmul, matmul_gated, ActScratch, Isa, MatmulJob, PackedMatrix, Pool};
 
 use super::common::{
-    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, pick_rows,
-    project_qkv, reserve, split_logits, store_kv, AttnShape, Head, HeadOut, Rows,
+    attention, embed, embedding_table, finish_rows, forward_one, layer_caches, logit_rows, mark_appended, output_rows,
+    pick_rows, project_qkv, reserve, store_kv, AttnShape, Head, HeadOut, Rows,
 };
 use crate::weights::WeightSource;
 use crate::{check_item, BatchItem, EngineError, KvCache, LogitRows, Model};
@@ -300,19 +298,7 @@ impl Llama {
             Some(_) => (x, mark_appended(items)),
         };
         rmsnorm_rows(&mut xs, &self.out_norm, c.eps);
-        let n_out: usize = per_seq.iter().sum();
-        Ok(match head {
-            Head::Logits => HeadOut::Logits(split_logits(
-                matmul_alloc(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output),
-                &per_seq,
-                c.n_vocab,
-            )),
-            Head::Argmax => HeadOut::Argmax(split_logits(
-                matmul_argmax(&self.pool, self.isa, &xs, n_out, &mut qa, &self.output, None),
-                &per_seq,
-                1,
-            )),
-        })
+        Ok(output_rows(&self.pool, self.isa, head, &xs, &per_seq, &mut qa, &self.output, None))
     }
 }
 
@@ -338,11 +324,6 @@ impl Model for Llama {
 
     fn forward_batch(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<f32>>, EngineError> {
         Ok(self.run_to(items, Head::Logits)?.logits())
-    }
-
-    fn forward_argmax(&self, cache: &mut KvCache, tokens: &[u32], rows: LogitRows) -> Result<Vec<u32>, EngineError> {
-        let mut items = [BatchItem { cache, tokens, rows }];
-        Ok(self.forward_batch_argmax(&mut items)?.pop().unwrap_or_default())
     }
 
     fn forward_batch_argmax(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<u32>>, EngineError> {

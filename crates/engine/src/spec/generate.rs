@@ -15,7 +15,7 @@ use crate::generate::GenStats;
 use crate::kv::KvCache;
 use crate::rng::Rng;
 use crate::sampler::{probs, SamplingParams};
-use crate::{EngineError, LogitRows, Model, Scores};
+use crate::{EngineError, LogitRows, Model, PassScores, Scores};
 
 /// Speculative metrics, with vLLM's names and meanings.
 #[derive(Clone, Debug, Default)]
@@ -334,19 +334,16 @@ pub fn generate_spec(
     while !s.is_done() {
         let pass = s.plan(model, drafter, ctl);
         let t = Instant::now();
-        let argmax_only = !drafter.wants_hidden() && s.argmax_suffices();
-        let (mut logits, mut ids, mut hidden) = (Vec::new(), Vec::new(), None);
-        if drafter.wants_hidden() {
+        let (scores, hidden) = if drafter.wants_hidden() {
             let (l, h) = model.forward_hidden(&mut s.cache, &pass.tokens, pass.rows)?;
-            (logits, hidden) = (l, Some(h));
-        } else if argmax_only {
-            ids = model.forward_argmax(&mut s.cache, &pass.tokens, pass.rows)?;
+            (PassScores::Logits(l), Some(h))
+        } else if s.argmax_suffices() {
+            (PassScores::Argmax(model.forward_argmax(&mut s.cache, &pass.tokens, pass.rows)?), None)
         } else {
-            logits = model.forward(&mut s.cache, &pass.tokens, pass.rows)?;
-        }
+            (PassScores::Logits(model.forward(&mut s.cache, &pass.tokens, pass.rows)?), None)
+        };
         let secs = t.elapsed().as_secs_f64();
-        let scores = if argmax_only { Scores::Argmax(&ids) } else { Scores::Logits(&logits) };
-        for t in s.absorb(model, scores, hidden.as_deref(), secs, drafter, ctl, is_eog) {
+        for t in s.absorb(model, scores.scores(), hidden.as_deref(), secs, drafter, ctl, is_eog) {
             on_token(t);
         }
     }
