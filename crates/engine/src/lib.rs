@@ -142,6 +142,18 @@ pub trait Model: Send + Sync {
         let _ = (cache, tokens, rows);
         Err(EngineError::Unsupported(format!("{} does not expose hidden states", self.describe())))
     }
+    /// `forward_hidden` with `forward_argmax`'s output in place of the logits
+    /// (greedy verification for an MTP drafter).
+    fn forward_hidden_argmax(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        rows: LogitRows,
+    ) -> Result<(Vec<u32>, Vec<f32>), EngineError> {
+        let n = self.vocab_size();
+        let (logits, hidden) = self.forward_hidden(cache, tokens, rows)?;
+        Ok((logits.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect(), hidden))
+    }
     /// `forward_batch` with `forward_argmax`'s output: each sequence's row
     /// argmaxes (a server batch whose sequences all decode greedily).
     fn forward_batch_argmax(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<u32>>, EngineError> {

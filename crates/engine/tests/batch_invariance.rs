@@ -285,6 +285,17 @@ fn check_argmax_pass(m: &dyn Model, prefix: &[u32], draft: &[u32]) {
             let ids = m.forward_argmax(&mut c2, &draft[..k], rows).unwrap();
             let want: Vec<u32> = logits.chunks_exact(v).map(specdec_engine::sampler::argmax).collect();
             assert_eq!(ids, want, "{rows:?}, {k} rows");
+            // With hidden states (an MTP drafter's verify pass): the same ids,
+            // and the hidden states of a logits pass.
+            let (mut c3, mut c4) = (m.new_cache(prefix.len() + k), m.new_cache(prefix.len() + k));
+            m.forward(&mut c3, prefix, LogitRows::Last).unwrap();
+            m.forward(&mut c4, prefix, LogitRows::Last).unwrap();
+            if let Ok((l3, h3)) = m.forward_hidden(&mut c3, &draft[..k], rows) {
+                let (ids4, h4) = m.forward_hidden_argmax(&mut c4, &draft[..k], rows).unwrap();
+                let want3: Vec<u32> = l3.chunks_exact(v).map(specdec_engine::sampler::argmax).collect();
+                assert_eq!(ids4, want3, "{rows:?}, {k} rows, with hidden states");
+                assert!(h3.iter().zip(&h4).all(|(a, b)| a.to_bits() == b.to_bits()) && h3.len() == h4.len());
+            }
             for layer in 0..c1.n_layers {
                 let ((k1, v1), (k2, v2)) = (c1.layer(layer), c2.layer(layer));
                 assert!(k1.iter().zip(k2).chain(v1.iter().zip(v2)).all(|(a, b)| a.to_bits() == b.to_bits()));

@@ -414,6 +414,19 @@ impl Model for Gemma3 {
         Ok((logits.pop().unwrap_or_default(), hidden))
     }
 
+    fn forward_hidden_argmax(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        rows: LogitRows,
+    ) -> Result<(Vec<u32>, Vec<f32>), EngineError> {
+        let mut items = [BatchItem { cache, tokens, rows }];
+        check_item(self, &items[0])?;
+        let mut hidden = Vec::new();
+        let mut ids = self.run_to(&mut items, None, Some(&mut hidden), Head::Argmax)?.argmax();
+        Ok((ids.pop().unwrap_or_default(), hidden))
+    }
+
     fn weight_bytes_per_token(&self) -> usize {
         self.weight_bytes
     }

@@ -334,7 +334,10 @@ pub fn generate_spec(
     while !s.is_done() {
         let pass = s.plan(model, drafter, ctl);
         let t = Instant::now();
-        let (scores, hidden) = if drafter.wants_hidden() {
+        let (scores, hidden) = if drafter.wants_hidden() && s.argmax_suffices() {
+            let (ids, h) = model.forward_hidden_argmax(&mut s.cache, &pass.tokens, pass.rows)?;
+            (PassScores::Argmax(ids), Some(h))
+        } else if drafter.wants_hidden() {
             let (l, h) = model.forward_hidden(&mut s.cache, &pass.tokens, pass.rows)?;
             (PassScores::Logits(l), Some(h))
         } else if s.argmax_suffices() {
