@@ -340,6 +340,22 @@ impl Gemma3 {
         Ok(out)
     }
 
+    /// One sequence's pass ending in `head`, with every row's post-norm
+    /// hidden state.
+    fn run_one_hidden(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        rows: LogitRows,
+        head: Head,
+    ) -> Result<(HeadOut, Vec<f32>), EngineError> {
+        let mut items = [BatchItem { cache, tokens, rows }];
+        check_item(self, &items[0])?;
+        let mut hidden = Vec::new();
+        let out = self.run_to(&mut items, None, Some(&mut hidden), head)?;
+        Ok((out, hidden))
+    }
+
     /// `head`'s output of post-norm hidden rows (`per_seq` per sequence).
     fn outputs(&self, head: Head, xs: &[f32], per_seq: &[usize], qa: &mut ActScratch) -> HeadOut {
         output_rows(&self.pool, self.isa, head, xs, per_seq, qa, &self.output, self.cfg.final_softcap)
@@ -407,11 +423,8 @@ impl Model for Gemma3 {
         tokens: &[u32],
         rows: LogitRows,
     ) -> Result<(Vec<f32>, Vec<f32>), EngineError> {
-        let mut items = [BatchItem { cache, tokens, rows }];
-        check_item(self, &items[0])?;
-        let mut hidden = Vec::new();
-        let mut logits = self.run(&mut items, None, Some(&mut hidden))?;
-        Ok((logits.pop().unwrap_or_default(), hidden))
+        let (out, hidden) = self.run_one_hidden(cache, tokens, rows, Head::Logits)?;
+        Ok((out.logits().pop().unwrap_or_default(), hidden))
     }
 
     fn forward_hidden_argmax(
@@ -420,11 +433,8 @@ impl Model for Gemma3 {
         tokens: &[u32],
         rows: LogitRows,
     ) -> Result<(Vec<u32>, Vec<f32>), EngineError> {
-        let mut items = [BatchItem { cache, tokens, rows }];
-        check_item(self, &items[0])?;
-        let mut hidden = Vec::new();
-        let mut ids = self.run_to(&mut items, None, Some(&mut hidden), Head::Argmax)?.argmax();
-        Ok((ids.pop().unwrap_or_default(), hidden))
+        let (out, hidden) = self.run_one_hidden(cache, tokens, rows, Head::Argmax)?;
+        Ok((out.argmax().pop().unwrap_or_default(), hidden))
     }
 
     fn weight_bytes_per_token(&self) -> usize {

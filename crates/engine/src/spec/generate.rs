@@ -334,16 +334,19 @@ pub fn generate_spec(
     while !s.is_done() {
         let pass = s.plan(model, drafter, ctl);
         let t = Instant::now();
-        let (scores, hidden) = if drafter.wants_hidden() && s.argmax_suffices() {
-            let (ids, h) = model.forward_hidden_argmax(&mut s.cache, &pass.tokens, pass.rows)?;
-            (PassScores::Argmax(ids), Some(h))
-        } else if drafter.wants_hidden() {
-            let (l, h) = model.forward_hidden(&mut s.cache, &pass.tokens, pass.rows)?;
-            (PassScores::Logits(l), Some(h))
-        } else if s.argmax_suffices() {
-            (PassScores::Argmax(model.forward_argmax(&mut s.cache, &pass.tokens, pass.rows)?), None)
-        } else {
-            (PassScores::Logits(model.forward(&mut s.cache, &pass.tokens, pass.rows)?), None)
+        let (c, tokens, rows) = (&mut s.cache, &pass.tokens, pass.rows);
+        // (hidden states for the drafter, argmax ids instead of logits)
+        let (scores, hidden) = match (drafter.wants_hidden(), s.params.argmax_suffices()) {
+            (true, true) => {
+                let (ids, h) = model.forward_hidden_argmax(c, tokens, rows)?;
+                (PassScores::Argmax(ids), Some(h))
+            }
+            (true, false) => {
+                let (l, h) = model.forward_hidden(c, tokens, rows)?;
+                (PassScores::Logits(l), Some(h))
+            }
+            (false, true) => (PassScores::Argmax(model.forward_argmax(c, tokens, rows)?), None),
+            (false, false) => (PassScores::Logits(model.forward(c, tokens, rows)?), None),
         };
         let secs = t.elapsed().as_secs_f64();
         for t in s.absorb(model, scores.scores(), hidden.as_deref(), secs, drafter, ctl, is_eog) {
