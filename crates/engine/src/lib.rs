@@ -177,6 +177,19 @@ pub trait Model: Send + Sync {
         }
         Ok((logits, hidden))
     }
+    /// `forward_batch_hidden` with `forward_argmax`'s output in place of the
+    /// logits (a server batch with MTP drafters whose sequences all decode
+    /// greedily).
+    #[allow(clippy::type_complexity)]
+    fn forward_batch_hidden_argmax(
+        &self,
+        items: &mut [BatchItem],
+    ) -> Result<(Vec<Vec<u32>>, Vec<Vec<f32>>), EngineError> {
+        let n = self.vocab_size();
+        let (logits, hidden) = self.forward_batch_hidden(items)?;
+        let ids = logits.iter().map(|l| l.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect());
+        Ok((ids.collect(), hidden))
+    }
     /// Weight bytes one decode step reads, as stored in the file.
     fn weight_bytes_per_token(&self) -> usize;
     /// Weight bytes one decode step reads in the packed layout.

@@ -302,6 +302,35 @@ fn check_argmax_pass(m: &dyn Model, prefix: &[u32], draft: &[u32]) {
             }
         }
     }
+    // A server batch with MTP drafters: two sequences, hidden states and
+    // argmaxes, against the logits pass of the same batch.
+    use specdec_engine::BatchItem;
+    let (a, b) = (prefix, draft);
+    let run = |argmax: bool| {
+        let (mut ca, mut cb) = (m.new_cache(a.len()), m.new_cache(b.len()));
+        let mut items = [
+            BatchItem { cache: &mut ca, tokens: a, rows: LogitRows::All },
+            BatchItem { cache: &mut cb, tokens: b, rows: LogitRows::Last },
+        ];
+        if argmax {
+            m.forward_batch_hidden_argmax(&mut items).map(|(ids, h)| (ids, h, None))
+        } else {
+            m.forward_batch_hidden(&mut items).map(|(l, h)| {
+                let ids = l.iter().map(|l| l.chunks_exact(v).map(specdec_engine::sampler::argmax).collect()).collect();
+                (ids, h, Some(l))
+            })
+        }
+    };
+    if let Ok((want, h1, Some(logits))) = run(false) {
+        let (ids, h2, _) = run(true).unwrap();
+        assert_eq!((ids[0].len(), ids[1].len()), (a.len(), 1));
+        assert_eq!(logits[1].len(), v);
+        assert_eq!(ids, want, "batched argmaxes with hidden states");
+        assert_eq!(h1.len(), h2.len());
+        for (x, y) in h1.iter().zip(&h2) {
+            assert!(x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
 }
 
 #[test]

@@ -288,7 +288,7 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
         let want_hidden = active.iter().any(|a| a.drafter.wants_hidden());
         // Greedy sequences without penalties read only each row's argmax:
         // when all of them do, the pass never writes the logits out.
-        let argmax_only = !want_hidden && active.iter().all(|a| a.session.argmax_suffices());
+        let argmax_only = active.iter().all(|a| a.session.argmax_suffices());
         let t = Instant::now();
         let mut items: Vec<BatchItem> = active
             .iter_mut()
@@ -296,7 +296,22 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             .map(|(a, p)| BatchItem { cache: &mut a.session.cache, tokens: &p.tokens, rows: p.rows })
             .collect();
         type Out = Result<(PassScores, Option<Vec<f32>>), String>;
-        let results: Vec<Out> = if want_hidden {
+        let results: Vec<Out> = if want_hidden && argmax_only {
+            match model.forward_batch_hidden_argmax(&mut items) {
+                Ok((ids, hidden)) => {
+                    ids.into_iter().zip(hidden).map(|(i, h)| Ok((PassScores::Argmax(i), Some(h)))).collect()
+                }
+                Err(_) => items
+                    .iter_mut()
+                    .map(|it| {
+                        model
+                            .forward_hidden_argmax(it.cache, it.tokens, it.rows)
+                            .map(|(i, h)| (PassScores::Argmax(i), Some(h)))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect(),
+            }
+        } else if want_hidden {
             match model.forward_batch_hidden(&mut items) {
                 Ok((logits, hidden)) => {
                     logits.into_iter().zip(hidden).map(|(l, h)| Ok((PassScores::Logits(l), Some(h)))).collect()

@@ -417,6 +417,18 @@ impl Model for Gemma3 {
         Ok((logits, split_hidden(&hidden, items, self.cfg.n_embd)))
     }
 
+    fn forward_batch_hidden_argmax(
+        &self,
+        items: &mut [BatchItem],
+    ) -> Result<(Vec<Vec<u32>>, Vec<Vec<f32>>), EngineError> {
+        for it in items.iter() {
+            check_item(self, it)?;
+        }
+        let mut hidden = Vec::new();
+        let ids = self.run_to(items, None, Some(&mut hidden), Head::Argmax)?.argmax();
+        Ok((ids, split_hidden(&hidden, items, self.cfg.n_embd)))
+    }
+
     fn forward_hidden(
         &self,
         cache: &mut KvCache,
