@@ -295,65 +295,7 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             .zip(&passes)
             .map(|(a, p)| BatchItem { cache: &mut a.session.cache, tokens: &p.tokens, rows: p.rows })
             .collect();
-        type Out = Result<(PassScores, Option<Vec<f32>>), String>;
-        let results: Vec<Out> = if want_hidden && argmax_only {
-            match model.forward_batch_hidden_argmax(&mut items) {
-                Ok((ids, hidden)) => {
-                    ids.into_iter().zip(hidden).map(|(i, h)| Ok((PassScores::Argmax(i), Some(h)))).collect()
-                }
-                Err(_) => items
-                    .iter_mut()
-                    .map(|it| {
-                        model
-                            .forward_hidden_argmax(it.cache, it.tokens, it.rows)
-                            .map(|(i, h)| (PassScores::Argmax(i), Some(h)))
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect(),
-            }
-        } else if want_hidden {
-            match model.forward_batch_hidden(&mut items) {
-                Ok((logits, hidden)) => {
-                    logits.into_iter().zip(hidden).map(|(l, h)| Ok((PassScores::Logits(l), Some(h)))).collect()
-                }
-                Err(_) => items
-                    .iter_mut()
-                    .map(|it| {
-                        model
-                            .forward_hidden(it.cache, it.tokens, it.rows)
-                            .map(|(l, h)| (PassScores::Logits(l), Some(h)))
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect(),
-            }
-        } else if argmax_only {
-            match model.forward_batch_argmax(&mut items) {
-                Ok(all) => all.into_iter().map(|ids| Ok((PassScores::Argmax(ids), None))).collect(),
-                Err(_) => items
-                    .iter_mut()
-                    .map(|it| {
-                        model
-                            .forward_argmax(it.cache, it.tokens, it.rows)
-                            .map(|ids| (PassScores::Argmax(ids), None))
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect(),
-            }
-        } else {
-            match model.forward_batch(&mut items) {
-                Ok(all) => all.into_iter().map(|l| Ok((PassScores::Logits(l), None))).collect(),
-                // Find the culprit: each sequence alone (a failed batch changed no cache).
-                Err(_) => items
-                    .iter_mut()
-                    .map(|it| {
-                        model
-                            .forward(it.cache, it.tokens, it.rows)
-                            .map(|l| (PassScores::Logits(l), None))
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect(),
-            }
-        };
+        let results = run_pass(model, &mut items, want_hidden, argmax_only);
         drop(items);
         let secs = t.elapsed().as_secs_f64();
         let mut done = vec![false; active.len()];
@@ -381,6 +323,44 @@ pub fn run(loaded: Arc<Loaded>, cfg: EngineConfig, queue: Arc<Queue>, metrics: A
             keep
         });
         queue.live.fetch_sub(done.iter().filter(|&&d| d).count(), Ordering::SeqCst);
+    }
+}
+
+/// A pass's scores (and hidden states) per sequence, or its error.
+type PassOut = Result<(PassScores, Option<Vec<f32>>), String>;
+
+/// One batched target pass of the kind the sequences need: with each row's
+/// hidden states for MTP drafters, argmaxes alone when every sequence decodes
+/// greedily. When the batch fails, each sequence runs alone (a failed batch
+/// changed no cache, and batch invariance gives each the same numbers), which
+/// finds the culprit.
+fn run_pass(model: &dyn specdec_engine::Model, items: &mut [BatchItem], hidden: bool, argmax: bool) -> Vec<PassOut> {
+    type Scored = Vec<(PassScores, Option<Vec<f32>>)>;
+    let batch = |items: &mut [BatchItem]| -> Result<Scored, specdec_engine::EngineError> {
+        Ok(match (hidden, argmax) {
+            (true, true) => {
+                let (ids, h) = model.forward_batch_hidden_argmax(items)?;
+                ids.into_iter().zip(h).map(|(i, h)| (PassScores::Argmax(i), Some(h))).collect()
+            }
+            (true, false) => {
+                let (logits, h) = model.forward_batch_hidden(items)?;
+                logits.into_iter().zip(h).map(|(l, h)| (PassScores::Logits(l), Some(h))).collect()
+            }
+            (false, true) => {
+                model.forward_batch_argmax(items)?.into_iter().map(|i| (PassScores::Argmax(i), None)).collect()
+            }
+            (false, false) => model.forward_batch(items)?.into_iter().map(|l| (PassScores::Logits(l), None)).collect(),
+        })
+    };
+    match batch(items) {
+        Ok(all) => all.into_iter().map(Ok).collect(),
+        Err(_) => items
+            .iter_mut()
+            .map(|it| match batch(std::slice::from_mut(it)) {
+                Ok(mut one) => one.pop().ok_or_else(|| "empty pass".to_string()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect(),
     }
 }
 
