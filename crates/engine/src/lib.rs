@@ -104,6 +104,12 @@ impl PassScores {
     }
 }
 
+/// Each `n`-wide row's argmax (`ops::argmax`'s rules): the trait defaults of
+/// the `_argmax` passes, for models without a fused output layer.
+fn row_argmaxes(logits: &[f32], n: usize) -> Vec<u32> {
+    logits.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect()
+}
+
 /// A causal language model.
 pub trait Model: Send + Sync {
     fn vocab_size(&self) -> usize;
@@ -152,14 +158,14 @@ pub trait Model: Send + Sync {
     ) -> Result<(Vec<u32>, Vec<f32>), EngineError> {
         let n = self.vocab_size();
         let (logits, hidden) = self.forward_hidden(cache, tokens, rows)?;
-        Ok((logits.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect(), hidden))
+        Ok((row_argmaxes(&logits, n), hidden))
     }
     /// `forward_batch` with `forward_argmax`'s output: each sequence's row
     /// argmaxes (a server batch whose sequences all decode greedily).
     fn forward_batch_argmax(&self, items: &mut [BatchItem]) -> Result<Vec<Vec<u32>>, EngineError> {
         let n = self.vocab_size();
         let logits = self.forward_batch(items)?;
-        Ok(logits.iter().map(|l| l.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect()).collect())
+        Ok(logits.iter().map(|l| row_argmaxes(l, n)).collect())
     }
     /// As `forward_batch`, also returning each sequence's post-norm hidden
     /// states (every row, `n_embd` floats each), for MTP drafters in a server.
@@ -187,8 +193,7 @@ pub trait Model: Send + Sync {
     ) -> Result<(Vec<Vec<u32>>, Vec<Vec<f32>>), EngineError> {
         let n = self.vocab_size();
         let (logits, hidden) = self.forward_batch_hidden(items)?;
-        let ids = logits.iter().map(|l| l.chunks_exact(n).map(|r| specdec_kernels::ops::argmax(r) as u32).collect());
-        Ok((ids.collect(), hidden))
+        Ok((logits.iter().map(|l| row_argmaxes(l, n)).collect(), hidden))
     }
     /// Weight bytes one decode step reads, as stored in the file.
     fn weight_bytes_per_token(&self) -> usize;
